@@ -1,0 +1,139 @@
+"""The `openuni` command: one entry point, a subcommand per job.
+
+Each subcommand lives with the code it drives and registers itself through an `add_parser(subparsers)` function
+listed in `SUBCOMMANDS`. Bad input ends with one line saying what to do and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import OpenUniError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Each module's add_parser(subparsers) registers one subcommand (handler in `func`); they import heavy
+# libraries only when run, so `openuni --help` stays quick.
+SUBCOMMANDS = ["openuni.commands.generate", "openuni.commands.make_tiny"]
+
+
+# -- shared by every subcommand that loads the model --------------------------------------------------------------
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from .variants import STAGES, VARIANTS
+
+    group = parser.add_argument_group("model (a released variant from the Hub, each part overridable by a local path)")
+    group.add_argument("--variant", default="openuni-b-512", choices=list(VARIANTS), help="released variant")
+    group.add_argument("--stage", default="finetune", choices=STAGES, help="finetuned (blip3o60k) or pretrained weights")
+    group.add_argument("--model", metavar="DIR", help="a saved OpenUniPipeline directory (instead of --variant)")
+    for name, what in (("mllm", "InternVL3 directory or Hub id (original or -hf layout)"),
+                       ("tokenizer", "tokenizer directory (default: the MLLM's)"),
+                       ("transformer", "SANA transformer directory or Hub id"),
+                       ("vae", "DC-AE directory or Hub id"),
+                       ("scheduler", "scheduler directory or scheduler_config.json"),
+                       ("checkpoint", "release .pth file")):
+        group.add_argument(f"--{name}", metavar="PATH", help=what)
+    group.add_argument("--connector-heads", type=int, metavar="N",
+                       help="attention heads of the connector, for checkpoints of a size no variant has")
+    group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+
+
+def pipeline_from_args(args: argparse.Namespace):
+    import torch
+
+    from .loading import default_device, default_dtype, load_pipeline
+    from .pipeline import OpenUniPipeline
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    if args.model:
+        overrides = [n for n in ("mllm", "tokenizer", "transformer", "vae", "scheduler", "checkpoint") if getattr(args, n)]
+        if overrides:
+            raise OpenUniError(f"--model loads a whole saved pipeline; it cannot be combined with --{overrides[0]}")
+        model_dir = Path(args.model)
+        if not (model_dir / "model_index.json").is_file():
+            raise OpenUniError(f"--model {model_dir}: not a saved OpenUni pipeline (no model_index.json)")
+        return OpenUniPipeline.from_pretrained(model_dir, torch_dtype=dtype).to(device)
+    return load_pipeline(
+        args.variant, stage=args.stage, mllm=args.mllm, tokenizer=args.tokenizer, transformer=args.transformer,
+        vae=args.vae, scheduler=args.scheduler, checkpoint=args.checkpoint, connector_heads=args.connector_heads,
+        device=device, dtype=dtype,
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--seed", type=int, default=42, help="image k of each prompt uses seed + k (default 42)")
+    group.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    group.add_argument("--cfg-scale", type=float, default=4.5, help="classifier-free guidance scale (default 4.5)")
+    group.add_argument("--negative-prompt", help="unconditional branch text (default: the reference's)")
+    group.add_argument("--height", type=int, help="multiple of 32 (default: the variant's resolution)")
+    group.add_argument("--width", type=int, help="multiple of 32 (default: the variant's resolution)")
+    group.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    group.add_argument("--batch-size", type=int, default=4, help="images per forward pass (does not change images)")
+
+
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """Fail on bad numbers before any model is loaded."""
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 32):
+            raise OpenUniError(f"--{name} must be a positive multiple of 32, got {value}")
+    for name in ("steps", "num_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise OpenUniError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def save_image_atomically(image, path: Path) -> None:
+    """Write next to the target and rename, so an interrupted run never leaves a truncated image behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    image.save(partial, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
+    os.replace(partial, path)
+
+
+# -- entry point -------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openuni", description="OpenUni: generate, edit and understand images.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the libraries say")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    diffusers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        quiet_libraries()
+    try:
+        return args.func(args) or 0
+    except OpenUniError as error:
+        print(f"openuni {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"openuni {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

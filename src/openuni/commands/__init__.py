@@ -1,0 +1,1 @@
+"""One module per `openuni` subcommand: argument parsing and I/O; the work itself lives in the library."""

@@ -1,0 +1,91 @@
+"""OpenUni's computation: frozen InternVL3 + learned queries + connector + projector -> SANA -> DC-AE.
+
+`OpenUni` holds references to the components (it owns no weights of its own) and computes; the pipeline generates
+with it, the trainer trains with it. SPEC "The computation" and the quirks of parity/README.md are followed exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .connector import OpenUniConnector
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class OpenUni(nn.Module):
+    def __init__(self, mllm: nn.Module, connector: OpenUniConnector, transformer: nn.Module, vae: nn.Module):
+        super().__init__()
+        self.mllm = mllm
+        self.connector = connector
+        self.transformer = transformer
+        self.vae = vae
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.mllm.model.language_model
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one image tile becomes in the LLM (256 for the real 448 px InternViT)."""
+        return self.mllm.config.image_seq_length
+
+    @property
+    def vit_input_size(self) -> int:
+        size = self.mllm.config.vision_config.image_size
+        return size[0] if isinstance(size, (list, tuple)) else size
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.language_model.get_input_embeddings()(input_ids)
+
+    def condition(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings (padded, with mask) -> SANA caption embeddings [batch, num_queries, caption_channels]."""
+        inputs_embeds = inputs_embeds.to(self.connector.dtype)
+        states = self.connector.query_hidden_states(self.language_model, inputs_embeds, attention_mask)
+        return self.connector(states.to(self.connector.dtype))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.condition(self.embed_tokens(input_ids), attention_mask)
+
+    def semantic_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> InternViT features as LLM embeddings, `num_image_tokens` per image."""
+        mean = pixel_values.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = pixel_values.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = ((pixel_values + 1) / 2 - mean) / std
+        size = self.vit_input_size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        vision_dtype = self.mllm.model.vision_tower.dtype
+        return self.mllm.model.get_image_features(pixel_values=x.to(vision_dtype), return_dict=True).pooler_output
+
+    def latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1] (unclamped, as the reference)."""
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample
+
+    def pixels_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent
+        return latents * self.vae.config.scaling_factor
+
+    def predict_velocity(
+        self, latents: torch.Tensor, timestep: torch.Tensor, caption_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """The SANA transformer's flow prediction (noise - data) for latents at `timestep` (0..1000)."""
+        dtype = self.transformer.dtype
+        return self.transformer(
+            latents.to(dtype),
+            encoder_hidden_states=caption_embeds.to(dtype),
+            timestep=timestep.float(),  # float32 even in bf16: 999 would round to 1000 there
+            return_dict=False,
+        )[0]
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8, with the reference's conversion (127.5 x + 128, truncated)."""
+    return torch.clamp(127.5 * pixels.float() + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,0 +1,219 @@
+"""Text-to-image generation with OpenUni, as a diffusers pipeline.
+
+`OpenUniPipeline.__call__` reads as the algorithm: check inputs, encode the prompts (one MLLM pass for the
+conditional and unconditional branches), prepare the noise, the denoising loop with classifier-free guidance,
+decode. Components are registered diffusers-style, so `save_pretrained`/`from_pretrained` round-trip a directory
+(`model_index.json` + one folder per component).
+
+Seeds: with `seed=s`, image k of a prompt starts from `randn` of one latent drawn from a CPU generator seeded
+`s + k`, whatever the batch and whatever else is in it; image 0 is therefore exactly the reference's noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from .connector import OpenUniConnector
+from .errors import OpenUniError
+from .model import OpenUni, to_uint8
+from .prompting import generation_prompt, unconditional_prompt
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class OpenUniPipelineOutput(BaseOutput):
+    """`images`: PIL images, a uint8 array [N, H, W, 3], a float tensor [N, 3, H, W] in [-1, 1], or latents."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+class OpenUniPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "mllm->connector->transformer->vae"
+
+    def __init__(self, tokenizer, mllm, connector: OpenUniConnector, transformer, vae, scheduler):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, mllm=mllm, connector=connector, transformer=transformer, vae=vae, scheduler=scheduler
+        )
+
+    @classmethod
+    def from_variant(cls, variant: str = "openuni-b-512", **kwargs) -> "OpenUniPipeline":
+        """A released variant from the Hub or local files; see `openuni.loading.load_pipeline` for the options."""
+        from .loading import load_pipeline
+
+        return load_pipeline(variant, **kwargs)
+
+    @property
+    def model(self) -> OpenUni:
+        return OpenUni(self.mllm, self.connector, self.transformer, self.vae)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.model.vae_scale_factor
+
+    @property
+    def default_resolution(self) -> int:
+        return self.transformer.config.sample_size * self.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return max(32, self.vae_scale_factor)
+
+    # -- steps of __call__ -------------------------------------------------------------------------------------
+
+    def check_inputs(self, prompts: list[str], negative_prompts: list[str] | None, height: int, width: int,
+                     num_inference_steps: int, num_images_per_prompt: int, output_type: str) -> None:
+        if not prompts:
+            raise OpenUniError("no prompt given")
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise OpenUniError(f"every prompt must be non-empty text, got {prompt!r}")
+        if negative_prompts is not None and len(negative_prompts) not in (1, len(prompts)):
+            raise OpenUniError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        multiple = self.size_multiple
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise OpenUniError(f"{name} must be a positive multiple of {multiple}, got {value}")
+        if num_inference_steps < 1:
+            raise OpenUniError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if num_images_per_prompt < 1:
+            raise OpenUniError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise OpenUniError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full prompt strings -> right-padded ids and mask, special tokens parsed, nothing added."""
+        tokens = self.tokenizer(texts, add_special_tokens=False, padding="longest", return_tensors="pt")
+        tokens = tokens.to(self.device)
+        return tokens.input_ids, tokens.attention_mask
+
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str] | None = None, do_classifier_free_guidance: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Caption embeddings for each prompt and for the unconditional branch, in one MLLM forward.
+
+        Returns `(cond [P, Q, C], uncond [1 or P, Q, C] or None)`.
+        """
+        texts = [generation_prompt(p) for p in prompts]
+        if do_classifier_free_guidance:
+            negatives = negative_prompts if negative_prompts is not None else [None]
+            texts += [unconditional_prompt(n) for n in negatives]
+        input_ids, attention_mask = self.tokenize(texts)
+        embeds = self.model.encode_text(input_ids, attention_mask)
+        cond, uncond = embeds[: len(prompts)], embeds[len(prompts) :]
+        return cond, (uncond if do_classifier_free_guidance else None)
+
+    def prepare_latents(
+        self, num_prompts: int, num_images_per_prompt: int, height: int, width: int,
+        seed: int | list[int] | None, generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """Initial noise [P * N, C, h, w] in float32, image k of prompt p after image k-1 of the same prompt."""
+        shape = (
+            self.transformer.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        total = num_prompts * num_images_per_prompt
+        if seed is not None:
+            seeds = [seed] * num_prompts if isinstance(seed, int) else list(seed)
+            if len(seeds) != num_prompts:
+                raise OpenUniError(f"{len(seeds)} seeds for {num_prompts} prompts")
+            generator = [
+                torch.Generator("cpu").manual_seed(s + k) for s in seeds for k in range(num_images_per_prompt)
+            ]
+        if isinstance(generator, list):
+            if len(generator) != total:
+                raise OpenUniError(f"{len(generator)} generators for {total} images")
+            noise = torch.cat([torch.randn((1, *shape), generator=g, device=g.device) for g in generator])
+        else:
+            device = generator.device if generator is not None else torch.device("cpu")
+            noise = torch.randn((total, *shape), generator=generator, device=device)
+        return noise.to(self.device, torch.float32)
+
+    def decode(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        pixels = self.model.latents_to_pixels(latents)
+        if output_type == "pt":
+            return pixels
+        images = to_uint8(pixels).cpu().numpy()
+        if output_type == "np":
+            return images
+        return [PIL.Image.fromarray(image) for image in images]
+
+    # -- the algorithm ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.5,
+        num_images_per_prompt: int = 1,
+        seed: int | list[int] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> OpenUniPipelineOutput | tuple:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        height = height or self.default_resolution
+        width = width or self.default_resolution
+        self.check_inputs(prompts, negative_prompts, height, width, num_inference_steps, num_images_per_prompt,
+                          output_type)
+        do_cfg = guidance_scale > 1.0
+
+        # 1. Conditioning: once per prompt, shared by all of its images.
+        cond, uncond = self.encode_prompt(prompts, negative_prompts, do_cfg)
+        cond = cond.repeat_interleave(num_images_per_prompt, dim=0)
+        if do_cfg:
+            uncond = uncond.expand(len(prompts), -1, -1).repeat_interleave(num_images_per_prompt, dim=0)
+            # The DiT batch is [uncond, cond], as SanaPipeline orders it in the reference.
+            caption_embeds = torch.cat([uncond, cond])
+        else:
+            caption_embeds = cond
+
+        # 2. Noise.
+        if latents is None:
+            latents = self.prepare_latents(len(prompts), num_images_per_prompt, height, width, seed, generator)
+        latents = latents.to(self.device, torch.float32)
+
+        # 3. Denoising: DPM-Solver++ on flow sigmas; the DiT sees the integer timestep (reference quirk 6).
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents, latents]) if do_cfg else latents
+            timestep = t.expand(model_input.shape[0]).to(torch.float32)
+            velocity = self.model.predict_velocity(model_input, timestep, caption_embeds).float()
+            if do_cfg:
+                velocity_uncond, velocity_cond = velocity.chunk(2)
+                velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
+            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+        # 4. Decode.
+        images = self.decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        return OpenUniPipelineOutput(images=images) if return_dict else (images,)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """Diffusers' layout, written to a temporary folder first so a failure leaves nothing half-written."""
+        import shutil
+
+        target = Path(save_directory)
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        super().save_pretrained(partial, safe_serialization=True, **kwargs)
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
