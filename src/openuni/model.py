@@ -45,6 +45,18 @@ class OpenUni(nn.Module):
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_input_embeddings()(input_ids)
 
+    def embed_with_images(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the `<IMG_CONTEXT>` positions replaced, in row-major order, by `image_embeds`
+        ([num_images, num_image_tokens, hidden], from `semantic_features`)."""
+        inputs_embeds = self.embed_tokens(input_ids)
+        if image_embeds is None:
+            return inputs_embeds
+        positions = input_ids == self.mllm.config.image_token_id
+        flat = image_embeds.reshape(-1, image_embeds.shape[-1]).to(inputs_embeds.dtype)
+        if int(positions.sum()) != flat.shape[0]:
+            raise ValueError(f"{int(positions.sum())} image tokens in the prompts for {flat.shape[0]} image embeddings")
+        return inputs_embeds.masked_scatter(positions.unsqueeze(-1), flat)
+
     def condition(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings (padded, with mask) -> SANA caption embeddings [batch, num_queries, caption_channels]."""
         inputs_embeds = inputs_embeds.to(self.connector.dtype)
