@@ -40,3 +40,39 @@ def tiny_pipe(tiny):
 def tiny_cli_args(tiny) -> list[str]:
     return ["--mllm", str(tiny.mllm), "--transformer", str(tiny.transformer), "--vae", str(tiny.vae),
             "--checkpoint", str(tiny.checkpoint), "--connector-heads", str(tiny.connector_heads), "--device", "cpu"]
+
+
+def load_parity_pipeline():
+    """The reference's tiny golden components (../shared/parity), loaded through the public API."""
+    from openuni.loading import load_pipeline
+
+    if not (PARITY_DIR / "expected.pt").is_file():
+        pytest.skip(f"no parity fixtures at {PARITY_DIR} (they ship beside the project's CI checkout, not with it)")
+    pipe = load_pipeline(
+        "openuni-b-512", mllm=PARITY_DIR / "mllm", tokenizer=PARITY_DIR / "tokenizer",
+        transformer=PARITY_DIR / "transformer", vae=PARITY_DIR / "vae", scheduler=PARITY_DIR / "scheduler",
+        checkpoint=PARITY_DIR / "openuni_tiny.pth", connector_heads=4, device="cpu", dtype=torch.float32,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def parity_pipe():
+    return load_parity_pipeline()
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """expected.pt, cases.json and the official comparison function of the parity fixtures."""
+    import importlib.util
+    import json
+
+    if not (PARITY_DIR / "expected.pt").is_file():
+        pytest.skip(f"no parity fixtures at {PARITY_DIR}")
+    spec = importlib.util.spec_from_file_location("compare_golden", PARITY_DIR / "compare_golden.py")
+    compare_golden = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_golden)
+    expected = torch.load(PARITY_DIR / "expected.pt", map_location="cpu", weights_only=True)
+    cases = json.loads((PARITY_DIR / "cases.json").read_text())
+    return expected, cases, compare_golden.compare

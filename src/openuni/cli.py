@@ -60,7 +60,7 @@ def pipeline_from_args(args: argparse.Namespace):
         model_dir = Path(args.model)
         if not (model_dir / "model_index.json").is_file():
             raise OpenUniError(f"--model {model_dir}: not a saved OpenUni pipeline (no model_index.json)")
-        return OpenUniPipeline.from_pretrained(model_dir, torch_dtype=dtype).to(device)
+        return OpenUniPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
     return load_pipeline(
         args.variant, stage=args.stage, mllm=args.mllm, tokenizer=args.tokenizer, transformer=args.transformer,
         vae=args.vae, scheduler=args.scheduler, checkpoint=args.checkpoint, connector_heads=args.connector_heads,

@@ -179,8 +179,8 @@ def load_pipeline(
 
     tokenizer_obj = load_tokenizer(tokenizer_dir)
     mllm_model = load_mllm(mllm_dir, tokenizer_obj, dtype=dtype, device=device)
-    transformer_model = SanaTransformer2DModel.from_pretrained(transformer_dir, torch_dtype=dtype)
-    vae_model = AutoencoderDC.from_pretrained(vae_dir, torch_dtype=dtype)
+    transformer_model = SanaTransformer2DModel.from_pretrained(transformer_dir, dtype=dtype)
+    vae_model = AutoencoderDC.from_pretrained(vae_dir, dtype=dtype)
     scheduler_obj = load_scheduler(scheduler, transformer_root)
 
     release_state = read_state_dict(checkpoint_file)
@@ -197,5 +197,5 @@ def load_pipeline(
 
     connector.type(dtype)  # (ModelMixin.to(dtype) warns about fp32 modules even when there are none)
     for module in (connector, transformer_model, vae_model):
-        module.requires_grad_(False).eval().to(device)
+        module.to(device)
     return OpenUniPipeline(tokenizer_obj, mllm_model, connector, transformer_model, vae_model, scheduler_obj)

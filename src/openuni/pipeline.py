@@ -43,6 +43,10 @@ class OpenUniPipeline(DiffusionPipeline):
         self.register_modules(
             tokenizer=tokenizer, mllm=mllm, connector=connector, transformer=transformer, vae=vae, scheduler=scheduler
         )
+        # An inference pipeline: frozen, eval-mode components. (This also keeps CPU results identical however the
+        # pipeline was built: oneDNN picks another convolution kernel for weights that require grad.)
+        for module in (mllm, connector, transformer, vae):
+            module.requires_grad_(False).eval()
 
     @classmethod
     def from_variant(cls, variant: str = "openuni-b-512", **kwargs) -> "OpenUniPipeline":
@@ -169,8 +173,8 @@ class OpenUniPipeline(DiffusionPipeline):
     ) -> OpenUniPipelineOutput | tuple:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-        height = height or self.default_resolution
-        width = width or self.default_resolution
+        height = self.default_resolution if height is None else height
+        width = self.default_resolution if width is None else width
         self.check_inputs(prompts, negative_prompts, height, width, num_inference_steps, num_images_per_prompt,
                           output_type)
         do_cfg = guidance_scale > 1.0

@@ -1,0 +1,85 @@
+"""`openuni generate` end to end on the tiny model, in-process, including bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from openuni.cli import main
+
+from conftest import tiny_cli_args
+
+FAST = ["--steps", "2", "--height", "64", "--width", "64"]
+
+
+def test_one_prompt_to_one_file(tiny, tiny_pipe, tmp_path, capsys):
+    out = tmp_path / "dog.png"
+    assert main(["generate", "a dog on the left", "--output", str(out), "--seed", "3", *FAST, *tiny_cli_args(tiny)]) == 0
+    assert "dog.png" in capsys.readouterr().out
+    expected = tiny_pipe("a dog on the left", seed=3, num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), expected)
+
+
+def test_prompts_file_several_images_and_grid(tiny, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n\n  two birds  \n")
+    folder = tmp_path / "out"
+    args = ["generate", "a boat", "--prompts-file", str(prompts), "--num-images", "2", "--batch-size", "3",
+            "--output", str(folder), *FAST, *tiny_cli_args(tiny)]
+    assert main(args) == 0
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"{p:05d}-{k:02d}.png" for p in range(3) for k in range(2)]
+    index = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert [e["prompt"] for e in index[::2]] == ["a boat", "a red cube", "two birds"]
+
+    grid_folder = tmp_path / "grid"
+    assert main(["generate", "a boat", "--num-images", "4", "--grid", "--output", str(grid_folder), *FAST,
+                 *tiny_cli_args(tiny)]) == 0
+    grid = PIL.Image.open(grid_folder / "00000-00.png")
+    assert grid.size == (128, 128)
+    # The grid's top-right tile is image 1, which seed 43 gives alone.
+    single = tmp_path / "single.png"
+    assert main(["generate", "a boat", "--seed", "43", "--output", str(single), *FAST, *tiny_cli_args(tiny)]) == 0
+    tile = np.asarray(grid)[:64, 64:]
+    assert np.abs(tile.astype(int) - np.asarray(PIL.Image.open(single)).astype(int)).max() <= 1
+
+
+def test_saved_pipeline_directory(tiny_pipe, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_pipe.save_pretrained(model_dir)
+    out = tmp_path / "x.png"
+    assert main(["generate", "a cat", "--model", str(model_dir), "--output", str(out), "--device", "cpu", *FAST]) == 0
+    assert PIL.Image.open(out).size == (64, 64)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate"], "no prompt given"),
+    (["generate", "   "], "prompt 1 is empty"),
+    (["generate", "a", "--height", "100"], "multiple of 32"),
+    (["generate", "a", "--num-images", "0"], "--num-images must be at least 1"),
+    (["generate", "a", "--prompts-file", "/no/such/file.txt"], "cannot read --prompts-file"),
+    (["generate", "a", "--checkpoint", "/no/such.pth", "--mllm", "/no/such/dir"], "--mllm /no/such/dir"),
+    (["generate", "a", "--model", "/tmp", "--vae", "x"], "cannot be combined"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys, tmp_path):
+    assert main(args + ["--output", str(tmp_path / "never.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_wrong_checkpoint_size_names_the_fix(tiny, tmp_path, capsys):
+    args = [a for a in tiny_cli_args(tiny)]
+    heads = args.index("--connector-heads")
+    del args[heads:heads + 2]
+    assert main(["generate", "a", "--output", str(tmp_path / "x.png"), *FAST, *args]) == 2
+    assert "--connector-heads" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_argparse_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a", "--variant", "openuni-xxl"])
+    assert exit_info.value.code == 2

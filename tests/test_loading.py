@@ -1,0 +1,140 @@
+"""Loading: both InternVL layouts, release .pth files good and bad, the saved pipeline format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from safetensors.torch import load_file
+
+from openuni.checkpoints import read_state_dict, save_release
+from openuni.errors import OpenUniError
+from openuni.pipeline import OpenUniPipeline
+
+from conftest import load_tiny_pipeline
+
+FAST = dict(num_inference_steps=2, height=64, width=64, seed=0, output_type="pt")
+
+
+def test_both_internvl_layouts_give_identical_images(tiny, tiny_pipe):
+    hf_pipe = load_tiny_pipeline(tiny, mllm=tiny.mllm_hf)
+    hf_pipe.set_progress_bar_config(disable=True)
+    original = tiny_pipe.mllm.state_dict()
+    native = hf_pipe.mllm.state_dict()
+    assert original.keys() == native.keys()
+    assert all(torch.equal(original[k], native[k]) for k in original)
+    assert torch.equal(tiny_pipe("a red cube", **FAST).images, hf_pipe("a red cube", **FAST).images)
+
+
+def test_release_checkpoint_weights_are_loaded(tiny, tiny_pipe):
+    release = torch.load(tiny.checkpoint, weights_only=True)
+    assert torch.equal(tiny_pipe.connector.meta_queries, release["meta_queries"])
+    assert torch.equal(tiny_pipe.connector.projector.weight, release["projector.weight"])
+    # The release SANA differs from the base repo's; the pipeline must run the release one.
+    key = "transformer_blocks.0.attn1.to_q.weight"
+    assert torch.equal(tiny_pipe.transformer.state_dict()[key], release["transformer." + key])
+
+    base = load_file(tiny.transformer / "diffusion_pytorch_model.safetensors")
+    assert not torch.equal(base[key], release["transformer." + key])
+
+
+def write_variant(tiny, tmp_path, name, edit):
+    state = torch.load(tiny.checkpoint, weights_only=True)
+    state = edit(state)
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_nested_and_full_state_dicts_load(tiny, tmp_path):
+    nested = write_variant(tiny, tmp_path, "nested.pth", lambda s: {"state_dict": s})
+    assert read_state_dict(nested).keys() == torch.load(tiny.checkpoint, weights_only=True).keys()
+    full = write_variant(tiny, tmp_path, "full.pth", lambda s: {**s, "lmm.language_model.lm_head.weight": torch.zeros(2),
+                                                               "vae.decoder.conv_out.bias": torch.zeros(3)})
+    pipe = load_tiny_pipeline(tiny, checkpoint=full)
+    assert torch.equal(pipe.connector.meta_queries, torch.load(tiny.checkpoint, weights_only=True)["meta_queries"])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: {k: v for k, v in s.items() if k != "connector.layers.1.mlp.fc2.bias"}, "connector.layers.1.mlp.fc2.bias"),
+    (lambda s: {**s, "connector.layers.0.self_attn.q_proj.weight": torch.zeros(64, 32)}, "q_proj.weight.*shape"),
+    (lambda s: {k: v for k, v in s.items() if k != "transformer.proj_out.weight"}, "transformer.*proj_out.weight"),
+    (lambda s: {**s, "transformer.caption_projection.linear_1.weight": torch.zeros(3, 3)}, "caption_projection"),
+    (lambda s: {k: v for k, v in s.items() if k != "meta_queries"}, "meta_queries"),
+])
+def test_broken_release_files_fail_naming_the_key(tiny, tmp_path, edit, match):
+    path = write_variant(tiny, tmp_path, "broken.pth", edit)
+    with pytest.raises(OpenUniError, match=match):
+        load_tiny_pipeline(tiny, checkpoint=path)
+
+
+def test_unsafe_or_damaged_files_are_refused(tiny, tmp_path):
+    import argparse
+
+    pickled = tmp_path / "objects.pth"
+    torch.save({"meta_queries": argparse.Namespace(payload="any object")}, pickled)
+    with pytest.raises(OpenUniError, match="refusing"):
+        read_state_dict(pickled)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(tiny.checkpoint.read_bytes()[:5000])
+    with pytest.raises(OpenUniError, match="cannot read"):
+        read_state_dict(truncated)
+    with pytest.raises(OpenUniError, match="does not exist"):
+        read_state_dict(tmp_path / "absent.pth")
+
+
+def test_connector_size_comes_from_variant_or_head_count(tiny):
+    with pytest.raises(OpenUniError, match="--connector-heads"):
+        load_tiny_pipeline(tiny, connector_heads=None)
+    with pytest.raises(OpenUniError, match="does not divide"):
+        load_tiny_pipeline(tiny, connector_heads=5)
+    pipe = load_tiny_pipeline(tiny, connector_heads=2)
+    assert pipe.connector.config.num_attention_heads == 2 and pipe.connector.config.num_queries == tiny.num_queries
+
+
+def test_missing_local_components_are_named(tiny, tmp_path):
+    with pytest.raises(OpenUniError, match="--vae .*no such directory"):
+        load_tiny_pipeline(tiny, vae=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OpenUniError, match="--transformer .*no config.json"):
+        load_tiny_pipeline(tiny, transformer=tmp_path / "empty")
+    with pytest.raises(OpenUniError, match="not an InternVL3 model directory"):
+        load_tiny_pipeline(tiny, mllm=tmp_path / "empty", tokenizer=tiny.tokenizer)
+
+
+def test_unreachable_hub_names_what_to_download(tiny, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OpenUniError, match=r"Efficient-Large-Model/Sana_600M_512px_diffusers.*hf download.*--transformer"):
+        load_tiny_pipeline(tiny, transformer=None)
+
+
+def test_save_and_load_round_trip_bit_exactly(tiny_pipe, tmp_path):
+    target = tmp_path / "saved"
+    tiny_pipe.save_pretrained(target)
+    index = json.loads((target / "model_index.json").read_text())
+    assert index["_class_name"] == "OpenUniPipeline"
+    assert {"tokenizer", "mllm", "connector", "transformer", "vae", "scheduler"} <= set(index)
+    assert not list(tmp_path.glob("*.partial"))
+    loaded = OpenUniPipeline.from_pretrained(target)
+    loaded.set_progress_bar_config(disable=True)
+    for name in ("mllm", "connector", "transformer", "vae"):
+        before, after = getattr(tiny_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert before.keys() == after.keys(), name
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    def sizes(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    assert sizes(loaded.connector.config) == sizes(tiny_pipe.connector.config)
+    assert torch.equal(tiny_pipe("a red cube", **FAST).images, loaded("a red cube", **FAST).images)
+
+
+def test_release_file_round_trip(tiny, tiny_pipe, tmp_path):
+    path = tmp_path / "export.pth"
+    save_release(tiny_pipe.connector, tiny_pipe.transformer, path)
+    pipe = load_tiny_pipeline(tiny, checkpoint=path)
+    assert torch.equal(pipe.connector.meta_queries, tiny_pipe.connector.meta_queries)
