@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import SanaTransformer2DModel
+from diffusers import AutoencoderDC, SanaTransformer2DModel
 from transformers import InternVLForConditionalGeneration
 
 from openuni.connector import OpenUniConnector
 from openuni.internvl import config_from_geometry
-from openuni.variants import VARIANTS, get_variant
+from openuni.variants import DC_AE_F32C32, VARIANTS, get_variant
 
 
 def count(module) -> int:
@@ -40,6 +40,10 @@ def test_parameter_counts_match_spec():
     assert round(count(sana) / 1e6, 1) == 591.7
     assert round(count(mllm) / 1e6) == 938
     assert b512.connector.hidden_size == 896 and b512.connector.num_attention_heads == 14
+    with torch.device("meta"):
+        vae = AutoencoderDC(**DC_AE_F32C32)
+    assert round(count(vae) / 1e6) == 312
+    assert 2 ** (len(vae.config.encoder_block_out_channels) - 1) == 32
 
 
 def test_checkpoint_file_names_and_unknown_names():

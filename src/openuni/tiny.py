@@ -244,6 +244,30 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
                 parameter.copy_(1 + noise * 0.1)
 
 
+def build_random_pipeline(variant_name: str, tokenizer_dir: Path, device, dtype) -> "OpenUniPipeline":
+    """A pipeline with the real geometry of a released variant and random weights: same cost as the real one.
+
+    The tokenizer is any InternVL-style one (the tiny one will do): only the token count of a prompt matters here.
+    """
+    from .connector import OpenUniConnector
+    from .internvl import config_from_geometry
+    from .loading import load_tokenizer
+    from .pipeline import OpenUniPipeline
+    from .variants import DC_AE_F32C32, get_variant
+
+    variant = get_variant(variant_name)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    with torch.device(device):
+        mllm = InternVLForConditionalGeneration(config_from_geometry(variant.mllm_geometry)).to(dtype)
+        # (Module.type: diffusers' ModelMixin.to(dtype) warns about fp32 modules even where there are none.)
+        transformer = SanaTransformer2DModel(**variant.transformer_geometry).type(dtype)
+        vae = AutoencoderDC(**DC_AE_F32C32).type(dtype)
+        connector = OpenUniConnector(**vars(variant.connector), num_queries=variant.num_queries,
+                                     caption_channels=transformer.config.caption_channels).type(dtype)
+    scheduler = DPMSolverMultistepScheduler(**SANA_SCHEDULER_CONFIG)
+    return OpenUniPipeline(tokenizer, mllm, connector, transformer, vae, scheduler)
+
+
 def build_tiny_openuni(root: str | Path, seed: int = 0) -> TinyOpenUni:
     """Write a complete tiny OpenUni (every component, both MLLM layouts, a release .pth) under `root`."""
     root = Path(root)

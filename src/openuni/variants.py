@@ -126,6 +126,26 @@ SANA_1600M_512 = dict(
 
 SANA15_1600M_1024 = dict(SANA_1600M_512, sample_size=32, qk_norm="rms_norm_across_heads")
 
+# mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers (312M parameters), shared by all variants.
+DC_AE_F32C32 = dict(
+    in_channels=3,
+    latent_channels=32,
+    attention_head_dim=32,
+    encoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+    decoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+    encoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+    decoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+    encoder_layers_per_block=[2, 2, 2, 3, 3, 3],
+    decoder_layers_per_block=[3, 3, 3, 3, 3, 3],
+    encoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+    decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+    downsample_block_type="Conv",
+    upsample_block_type="interpolate",
+    decoder_norm_types="rms_norm",
+    decoder_act_fns="silu",
+    scaling_factor=0.41407,
+)
+
 
 def _mllm(llm: dict) -> dict:
     return dict(vision=INTERN_VIT_300M, llm=llm, downsample_ratio=0.5)

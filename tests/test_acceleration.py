@@ -1,0 +1,72 @@
+"""The speed and memory options give the plain path's images; the benchmark script runs end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from openuni.acceleration import compile_pipeline, enable_vae_memory_savers
+
+from conftest import load_tiny_pipeline
+
+FAST = dict(num_inference_steps=3, height=64, width=64, seed=5, output_type="pt")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_compiled_pipeline_gives_the_plain_images(tiny):
+    pipe = load_tiny_pipeline(tiny)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(["a red cube", "a dog"], **FAST).images
+    compile_pipeline(pipe)
+    compiled = pipe(["a red cube", "a dog"], **FAST).images
+    assert (compiled - plain).abs().max() < 1e-4
+
+
+def test_vae_slicing_is_exact_and_tiling_keeps_sizes(tiny_pipe):
+    latents = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(0))  # 1024 px, as L-1024
+    plain = tiny_pipe.decode(latents, "pt")
+    try:
+        enable_vae_memory_savers(tiny_pipe, tiling=False, slicing=True)
+        assert (tiny_pipe.decode(latents, "pt") - plain).abs().max() < 1e-4
+        # Tiled decode (512 px tiles, overlaps blended) is approximate by design: DC-AE's attention is global.
+        enable_vae_memory_savers(tiny_pipe, tiling=True, slicing=True)
+        tiled = tiny_pipe.decode(latents, "pt")
+        assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+        assert not torch.equal(tiled, plain)
+        small = latents[:, :, :16, :16]  # 512 px: one tile, so decoded exactly as without tiling
+        assert (tiny_pipe.decode(small, "pt") - pipe_plain_decode(tiny_pipe, small)).abs().max() < 1e-4
+    finally:
+        tiny_pipe.vae.disable_tiling()
+        tiny_pipe.vae.disable_slicing()
+
+
+def pipe_plain_decode(pipe, latents):
+    tiling, slicing = pipe.vae.use_tiling, pipe.vae.use_slicing
+    pipe.vae.use_tiling = pipe.vae.use_slicing = False
+    try:
+        return pipe.decode(latents, "pt")
+    finally:
+        pipe.vae.use_tiling, pipe.vae.use_slicing = tiling, slicing
+
+
+def test_benchmark_script_runs_on_the_tiny_model(tmp_path):
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "generate.py"), "--geometry", "tiny", "--device", "cpu",
+               "--batch-sizes", "1", "2", "--repeats", "1", "--steps", "2", "--json", str(out_json),
+               "--markdown", str(out_md)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    names = {(row["name"], row["batch"]) for row in result["rows"]}
+    assert names == {("baseline (SanaPipeline)", 1), ("openuni", 1), ("baseline (SanaPipeline)", 2), ("openuni", 2)}
+    assert "ratio openuni / baseline at batch 2" in completed.stdout
+    assert all(row["images_per_second"] > 0 for row in result["rows"])
+    table = out_md.read_text()
+    assert "| openuni | 2 |" in table and "<!-- benchmark:tiny-cpu-float32 -->" in table
+    # A second run replaces its own section rather than appending a copy.
+    subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    assert out_md.read_text().count("<!-- benchmark:tiny-cpu-float32 -->") == 1
