@@ -1,0 +1,104 @@
+"""Image editing on the tiny model: the source image conditions the output, seeds and batching behave as in
+text-to-image, and bad requests fail with clear messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from openuni.errors import OpenUniError
+
+STEPS = dict(num_inference_steps=2, output_type="pt")
+
+
+def random_image(seed: int, size=(64, 64)) -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_output_depends_on_the_source_image(tiny_pipe):
+    first = tiny_pipe.edit(random_image(1), "make it blue", seed=0, **STEPS).images
+    again = tiny_pipe.edit(random_image(1), "make it blue", seed=0, **STEPS).images
+    other = tiny_pipe.edit(random_image(2), "make it blue", seed=0, **STEPS).images
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 1e-3
+
+
+def test_output_depends_on_the_instruction_and_the_negative_prompt(tiny_pipe):
+    source = random_image(3)
+    base = tiny_pipe.edit(source, "make it blue", seed=0, **STEPS).images
+    other_instruction = tiny_pipe.edit(source, "remove the background", seed=0, **STEPS).images
+    other_negative = tiny_pipe.edit(source, "make it blue", negative_prompt="blurry", seed=0, **STEPS).images
+    assert (base - other_instruction).abs().max() > 1e-3
+    assert (base - other_negative).abs().max() > 1e-3
+
+
+def test_batch_of_edits_equals_edits_one_by_one(tiny_pipe):
+    sources, instructions = [random_image(4), random_image(5)], ["make it blue", "add a hat"]
+    together = tiny_pipe(instructions, image=sources, seed=7, num_images_per_prompt=2, **STEPS).images
+    for index, (source, instruction) in enumerate(zip(sources, instructions)):
+        alone = tiny_pipe.edit(source, instruction, seed=7, num_images_per_prompt=2, **STEPS).images
+        torch.testing.assert_close(together[2 * index:2 * index + 2], alone, atol=1e-5, rtol=1e-5)
+    assert (together[0] - together[1]).abs().max() > 1e-3  # image k uses seed + k
+
+
+def test_one_source_serves_several_instructions(tiny_pipe):
+    source = random_image(6)
+    shared = tiny_pipe.edit(source, ["make it blue", "add a hat"], seed=1, **STEPS).images
+    assert shared.shape[0] == 2
+    torch.testing.assert_close(shared[1:], tiny_pipe.edit(source, "add a hat", seed=1, **STEPS).images,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_source_can_be_a_path(tiny_pipe, tmp_path):
+    path = tmp_path / "source.png"
+    random_image(8).save(path)
+    from_path = tiny_pipe.edit(path, "make it blue", seed=0, **STEPS).images
+    from_image = tiny_pipe.edit(PIL.Image.open(path), "make it blue", seed=0, **STEPS).images
+    assert torch.equal(from_path, from_image)
+
+
+def test_output_size_follows_the_source_aspect_ratio(tiny_pipe):
+    wide = tiny_pipe.edit(random_image(9, size=(256, 96)), "make it blue", seed=0, **STEPS).images
+    height, width = wide.shape[-2:]
+    assert width > height and width % 32 == 0 and height % 32 == 0
+    square = tiny_pipe.edit(random_image(9, size=(200, 200)), "make it blue", seed=0, **STEPS).images
+    assert square.shape[-2:] == (tiny_pipe.default_resolution, tiny_pipe.default_resolution)
+    explicit = tiny_pipe.edit(random_image(9, size=(256, 96)), "make it blue", height=64, width=32, seed=0,
+                              **STEPS).images
+    assert explicit.shape[-2:] == (64, 32)
+
+
+def test_pil_output(tiny_pipe):
+    images = tiny_pipe.edit(random_image(10), "make it blue", num_inference_steps=1, seed=0).images
+    assert isinstance(images[0], PIL.Image.Image) and images[0].mode == "RGB"
+
+
+@pytest.mark.parametrize("instruction", ["", "   "])
+def test_empty_instruction(tiny_pipe, instruction):
+    with pytest.raises(OpenUniError, match="non-empty"):
+        tiny_pipe.edit(random_image(11), instruction, **STEPS)
+
+
+def test_mismatched_images_and_instructions(tiny_pipe):
+    with pytest.raises(OpenUniError, match="3 source images for 2 instructions"):
+        tiny_pipe.edit([random_image(1)] * 3, ["a", "b"], **STEPS)
+
+
+def test_sources_of_different_shapes_need_an_explicit_size(tiny_pipe):
+    sources = [random_image(1, size=(64, 64)), random_image(2, size=(256, 64))]
+    with pytest.raises(OpenUniError, match="different output sizes"):
+        tiny_pipe.edit(sources, ["a", "b"], **STEPS)
+    assert tiny_pipe.edit(sources, ["a", "b"], height=64, width=64, seed=0, **STEPS).images.shape[0] == 2
+
+
+def test_source_smaller_than_a_patch(tiny_pipe):
+    with pytest.raises(OpenUniError, match="smaller than one 16-pixel patch"):
+        tiny_pipe.edit(random_image(1, size=(10, 10)), "make it blue", **STEPS)
+
+
+def test_missing_source_file(tiny_pipe, tmp_path):
+    with pytest.raises(OpenUniError, match="no such file"):
+        tiny_pipe.edit(tmp_path / "missing.png", "make it blue", **STEPS)
