@@ -163,6 +163,7 @@ def test_hf_layout_answers_like_the_original_layout(tiny, chat):
 @pytest.mark.parametrize("question, images, settings, message", [
     ("", [], {}, "question is empty"),
     ("What is <image> this?", [], {}, "leave '<image>' out"),
+    ("What is <IMG_CONTEXT> this?", [], {}, "leave '<IMG_CONTEXT>' out"),
     ("What?", ["/nonexistent/photo.jpg"], {}, "no such file"),
     ("What?", [PIL.Image.new("RGB", (8, 100))], {}, "smaller than one 16-pixel patch"),
     ("What?", [], dict(max_new_tokens=0), "at least 1"),

@@ -82,6 +82,11 @@ def test_empty_instruction(tiny_pipe, instruction):
         tiny_pipe.edit(random_image(11), instruction, **STEPS)
 
 
+def test_image_markers_in_the_instruction(tiny_pipe):
+    with pytest.raises(OpenUniError, match="image markers"):
+        tiny_pipe.edit(random_image(1), "make <IMG_CONTEXT> blue", **STEPS)
+
+
 def test_mismatched_images_and_instructions(tiny_pipe):
     with pytest.raises(OpenUniError, match="3 source images for 2 instructions"):
         tiny_pipe.edit([random_image(1)] * 3, ["a", "b"], **STEPS)
@@ -102,3 +107,63 @@ def test_source_smaller_than_a_patch(tiny_pipe):
 def test_missing_source_file(tiny_pipe, tmp_path):
     with pytest.raises(OpenUniError, match="no such file"):
         tiny_pipe.edit(tmp_path / "missing.png", "make it blue", **STEPS)
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+
+def test_cli_edits_one_image(tiny, tmp_path, capsys):
+    from conftest import tiny_cli_args
+    from openuni.cli import main
+
+    random_image(0, size=(160, 96)).save(tmp_path / "source.png")
+    output = tmp_path / "edited.png"
+    assert main(["edit", str(tmp_path / "source.png"), "make it blue", "--output", str(output), "--steps", "1",
+                 *tiny_cli_args(tiny)]) == 0
+    edited = PIL.Image.open(output)
+    assert edited.width > edited.height  # the source's aspect ratio
+    assert str(output) in capsys.readouterr().out
+
+
+def test_cli_edits_pairs_from_a_file(tiny, tmp_path):
+    import json
+
+    from conftest import tiny_cli_args
+    from openuni.cli import main
+
+    random_image(1).save(tmp_path / "a.png")
+    random_image(2, size=(128, 64)).save(tmp_path / "b.png")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "a.png", "instruction": "make it blue"}) + "\n\n"
+                     + json.dumps({"image": str(tmp_path / "b.png"), "instruction": "add a hat"}) + "\n")
+    out = tmp_path / "edits"
+    assert main(["edit", "--pairs-file", str(pairs), "--output", str(out), "--steps", "1", "--num-images", "2",
+                 *tiny_cli_args(tiny)]) == 0
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == ["00000-00.png", "00000-01.png", "00001-00.png", "00001-01.png"]
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["instruction"] for r in records] == ["make it blue"] * 2 + ["add a hat"] * 2
+    assert PIL.Image.open(out / "00000-00.png").size != PIL.Image.open(out / "00001-00.png").size
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{image}", "   "], "instruction is empty"),
+    (["{image}"], 'give both an IMAGE and an "instruction"'),
+    (["{missing}", "make it blue"], "no such file"),
+    (["{broken}", "make it blue"], "not an image format"),
+    (["--pairs-file", "{bad_pairs}"], "expected {\"image\": PATH"),
+    (["{image}", "make it blue", "--height", "50"], "multiple of 32"),
+])
+def test_cli_bad_input(tiny, tmp_path, capsys, arguments, message):
+    from conftest import tiny_cli_args
+    from openuni.cli import main
+
+    random_image(0).save(tmp_path / "image.png")
+    (tmp_path / "broken.png").write_bytes(b"\x00\x01 definitely not a png")
+    (tmp_path / "bad.jsonl").write_text('{"picture": "x.png"}\n')
+    paths = dict(image=tmp_path / "image.png", missing=tmp_path / "missing.png", broken=tmp_path / "broken.png",
+                 bad_pairs=tmp_path / "bad.jsonl")
+    argv = ["edit", *(a.format(**paths) for a in arguments), "--output", str(tmp_path / "out.png"),
+            *tiny_cli_args(tiny)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()

@@ -136,8 +136,9 @@ class InternVLChat:
         """Model inputs for the next answer, and the turn's (question, tiles) for the history."""
         if not isinstance(question, str) or not question.strip():
             raise OpenUniError("the question is empty")
-        if IMAGE_PLACEHOLDER in question:
-            raise OpenUniError(f"leave '{IMAGE_PLACEHOLDER}' out of the question: images are placed by the chat")
+        markers = [m for m in (IMAGE_PLACEHOLDER, IMG_START, IMG_END, IMG_CONTEXT) if m in question]
+        if markers:
+            raise OpenUniError(f"leave '{markers[0]}' out of the question: images are placed by the chat")
         conversation = conversation or Conversation()
         tiles = [self.tile(image) for image in images]
         question = self.question_with_images(question, len(tiles)) if tiles else question

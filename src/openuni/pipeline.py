@@ -25,7 +25,8 @@ from .connector import OpenUniConnector
 from .errors import OpenUniError
 from .images import load_image, size_like
 from .model import OpenUni, to_uint8
-from .prompting import EDIT_UNCONDITIONAL, edit_prompt, generation_prompt, unconditional_prompt
+from .prompting import (EDIT_UNCONDITIONAL, IMG_CONTEXT, IMG_END, IMG_START, edit_prompt, generation_prompt,
+                        unconditional_prompt)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -191,6 +192,10 @@ class OpenUniPipeline(DiffusionPipeline):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Caption embeddings for each (source, instruction) and its unconditional twin (same source, "Keep the
         image as it is." by default), in one MLLM forward. Returns `(cond [P, Q, C], uncond [P, Q, C] or None)`."""
+        for text in instructions + (negative_prompts or []):
+            if any(marker in text for marker in (IMG_START, IMG_END, IMG_CONTEXT)):
+                raise OpenUniError(f"edit instructions cannot contain the image markers {IMG_START}, {IMG_END} or "
+                                   f"{IMG_CONTEXT} (the source image's place is set by the pipeline): {text!r}")
         model = self.model
         image_embeds = model.semantic_features(source_pixels)
         num_tokens = image_embeds.shape[1]
@@ -244,7 +249,6 @@ class OpenUniPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
-        image=None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 20,
@@ -255,6 +259,7 @@ class OpenUniPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        image=None,
         callback_on_step_end=None,
     ) -> OpenUniPipelineOutput | tuple:
         """Text-to-image; with `image` (a path or PIL image, or one per prompt) the prompts are edit instructions
