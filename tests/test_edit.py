@@ -167,3 +167,13 @@ def test_cli_bad_input(tiny, tmp_path, capsys, arguments, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_without_guidance_only_the_conditional_branch_runs(tiny_pipe):
+    source = random_image(12)
+    plain = tiny_pipe.edit(source, "make it blue", guidance_scale=1.0, seed=0, **STEPS).images
+    guided = tiny_pipe.edit(source, "make it blue", guidance_scale=4.5, seed=0, **STEPS).images
+    assert plain.shape == guided.shape and (plain - guided).abs().max() > 1e-3
+    # Without guidance the unconditional text plays no part.
+    assert torch.equal(plain, tiny_pipe.edit(source, "make it blue", negative_prompt="blurry", guidance_scale=1.0,
+                                             seed=0, **STEPS).images)

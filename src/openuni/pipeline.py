@@ -227,7 +227,7 @@ class OpenUniPipeline(DiffusionPipeline):
 
         `callback_on_step_end(pipe, step, timestep, {"latents", "noise_pred"})` may return {"latents": ...}.
         """
-        do_cfg = caption_embeds.shape[0] == 2 * latents.shape[0]
+        do_cfg = guidance_scale > 1.0
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if do_cfg else latents
@@ -286,6 +286,9 @@ class OpenUniPipeline(DiffusionPipeline):
         # 2. Noise.
         if latents is None:
             latents = self.prepare_latents(len(prompts), num_images_per_prompt, height, width, seed, generator)
+        elif latents.shape[0] != len(prompts) * num_images_per_prompt:
+            raise OpenUniError(f"latents hold {latents.shape[0]} images, the request makes "
+                               f"{len(prompts) * num_images_per_prompt}")
         latents = latents.to(self.device, torch.float32)
 
         # 3. Denoising.
