@@ -1,8 +1,9 @@
-"""Text-to-image generation with OpenUni, as a diffusers pipeline.
+"""Text-to-image generation and image editing with OpenUni, as a diffusers pipeline.
 
 `OpenUniPipeline.__call__` reads as the algorithm: check inputs, encode the prompts (one MLLM pass for the
 conditional and unconditional branches), prepare the noise, the denoising loop with classifier-free guidance,
-decode. Components are registered diffusers-style, so `save_pretrained`/`from_pretrained` round-trip a directory
+decode. Editing (`image=` or `edit()`) differs only in the encoding: the source image's InternViT features fill the
+`<IMG_CONTEXT>` positions of both branches (SPEC "Image-to-image"); noise, loop and decoding are shared. Components are registered diffusers-style, so `save_pretrained`/`from_pretrained` round-trip a directory
 (`model_index.json` + one folder per component).
 
 Seeds: with `seed=s`, image k of a prompt starts from `randn` of one latent drawn from a CPU generator seeded
@@ -22,8 +23,10 @@ from diffusers.utils import BaseOutput
 
 from .connector import OpenUniConnector
 from .errors import OpenUniError
+from .images import load_image, size_like
 from .model import OpenUni, to_uint8
-from .prompting import generation_prompt, unconditional_prompt
+from .prompting import (EDIT_UNCONDITIONAL, IMG_CONTEXT, IMG_END, IMG_START, edit_prompt, generation_prompt,
+                        unconditional_prompt)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -79,7 +82,7 @@ class OpenUniPipeline(DiffusionPipeline):
             raise OpenUniError("no prompt given")
         for prompt in prompts:
             if not isinstance(prompt, str) or not prompt.strip():
-                raise OpenUniError(f"every prompt must be non-empty text, got {prompt!r}")
+                raise OpenUniError(f"every prompt (or edit instruction) must be non-empty text, got {prompt!r}")
         if negative_prompts is not None and len(negative_prompts) not in (1, len(prompts)):
             raise OpenUniError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
         multiple = self.size_multiple
@@ -153,6 +156,96 @@ class OpenUniPipeline(DiffusionPipeline):
             return images
         return [PIL.Image.fromarray(image) for image in images]
 
+    # -- editing: the steps that differ from text-to-image ----------------------------------------------------
+
+    def prepare_source_images(self, image, num_prompts: int) -> list[PIL.Image.Image]:
+        """One upright RGB source per instruction (a single image serves every instruction)."""
+        sources = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not sources:
+            raise OpenUniError("no source image given")
+        if len(sources) == 1:
+            sources = sources * num_prompts
+        if len(sources) != num_prompts:
+            raise OpenUniError(f"{len(sources)} source images for {num_prompts} instructions: give one image per "
+                               "instruction, or one image for all")
+        patch = self.mllm.config.vision_config.patch_size
+        patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+        return [load_image(source, min_side=patch) for source in sources]
+
+    def edit_output_size(self, sources: list[PIL.Image.Image], height: int | None, width: int | None) -> tuple[int, int]:
+        """Explicit sizes win; otherwise the sources' aspect ratio at the default resolution."""
+        if height is not None and width is not None:
+            return height, width
+        sizes = {size_like(source.size, self.default_resolution, self.size_multiple) for source in sources}
+        if len(sizes) > 1:
+            raise OpenUniError(f"the source images call for different output sizes {sorted(sizes)}: pass height and "
+                               "width, or edit them in separate calls")
+        default_height, default_width = sizes.pop()
+        return (default_height if height is None else height), (default_width if width is None else width)
+
+    def source_pixels(self, sources: list[PIL.Image.Image], height: int, width: int) -> torch.Tensor:
+        """Sources resized to the output size (as the reference's script does), as [N, 3, H, W] in [-1, 1]."""
+        resized = [s if s.size == (width, height) else s.resize((width, height), PIL.Image.Resampling.BICUBIC)
+                   for s in sources]
+        pixels = torch.from_numpy(np.stack([np.asarray(s) for s in resized])).permute(0, 3, 1, 2)
+        return (2 * (pixels.to(self.device, torch.float32) / 255) - 1)
+
+    def encode_edit_prompt(
+        self, instructions: list[str], source_pixels: torch.Tensor, negative_prompts: list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Caption embeddings for each (source, instruction) and its unconditional twin (same source, "Keep the
+        image as it is." by default), in one MLLM forward. Returns `(cond [P, Q, C], uncond [P, Q, C] or None)`."""
+        for text in instructions + (negative_prompts or []):
+            if any(marker in text for marker in (IMG_START, IMG_END, IMG_CONTEXT)):
+                raise OpenUniError(f"edit instructions cannot contain the image markers {IMG_START}, {IMG_END} or "
+                                   f"{IMG_CONTEXT} (the source image's place is set by the pipeline): {text!r}")
+        model = self.model
+        image_embeds = model.semantic_features(source_pixels)
+        num_tokens = image_embeds.shape[1]
+        texts = [edit_prompt(i, num_tokens) for i in instructions]
+        if do_classifier_free_guidance:
+            negatives = negative_prompts if negative_prompts is not None else [EDIT_UNCONDITIONAL]
+            negatives = negatives * len(instructions) if len(negatives) == 1 else negatives
+            texts += [edit_prompt(n, num_tokens) for n in negatives]
+            image_embeds = torch.cat([image_embeds, image_embeds])
+        input_ids, attention_mask = self.tokenize(texts)
+        embeds = model.condition(model.embed_with_images(input_ids, image_embeds), attention_mask)
+        cond, uncond = embeds[: len(instructions)], embeds[len(instructions) :]
+        return cond, (uncond if do_classifier_free_guidance else None)
+
+    # -- shared by both -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def guidance_batch(cond: torch.Tensor, uncond: torch.Tensor | None, num_images_per_prompt: int) -> torch.Tensor:
+        """Caption embeddings of the DiT batch: [uncond, cond] as SanaPipeline orders it in the reference."""
+        cond = cond.repeat_interleave(num_images_per_prompt, dim=0)
+        if uncond is None:
+            return cond
+        uncond = uncond.expand(cond.shape[0] // num_images_per_prompt, -1, -1)
+        return torch.cat([uncond.repeat_interleave(num_images_per_prompt, dim=0), cond])
+
+    def denoise(self, latents: torch.Tensor, caption_embeds: torch.Tensor, num_inference_steps: int,
+                guidance_scale: float, callback_on_step_end=None) -> torch.Tensor:
+        """DPM-Solver++ on flow sigmas with classifier-free guidance; the DiT sees the integer timestep (quirk 6).
+
+        `callback_on_step_end(pipe, step, timestep, {"latents", "noise_pred"})` may return {"latents": ...}.
+        """
+        do_cfg = guidance_scale > 1.0
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = torch.cat([latents, latents]) if do_cfg else latents
+            timestep = t.expand(model_input.shape[0]).to(torch.float32)
+            velocity = self.model.predict_velocity(model_input, timestep, caption_embeds).float()
+            if do_cfg:
+                velocity_uncond, velocity_cond = velocity.chunk(2)
+                velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
+            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                changed = callback_on_step_end(self, step, t, {"latents": latents, "noise_pred": velocity}) or {}
+                latents = changed.get("latents", latents)
+        return latents
+
     # -- the algorithm ----------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -170,9 +263,16 @@ class OpenUniPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        image=None,
+        callback_on_step_end=None,
     ) -> OpenUniPipelineOutput | tuple:
+        """Text-to-image; with `image` (a path or PIL image, or one per prompt) the prompts are edit instructions
+        and `negative_prompt` replaces "Keep the image as it is." in the unconditional branch."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        sources = self.prepare_source_images(image, len(prompts)) if image is not None else None
+        if sources is not None:
+            height, width = self.edit_output_size(sources, height, width)
         height = self.default_resolution if height is None else height
         width = self.default_resolution if width is None else width
         self.check_inputs(prompts, negative_prompts, height, width, num_inference_steps, num_images_per_prompt,
@@ -180,35 +280,32 @@ class OpenUniPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
 
         # 1. Conditioning: once per prompt, shared by all of its images.
-        cond, uncond = self.encode_prompt(prompts, negative_prompts, do_cfg)
-        cond = cond.repeat_interleave(num_images_per_prompt, dim=0)
-        if do_cfg:
-            uncond = uncond.expand(len(prompts), -1, -1).repeat_interleave(num_images_per_prompt, dim=0)
-            # The DiT batch is [uncond, cond], as SanaPipeline orders it in the reference.
-            caption_embeds = torch.cat([uncond, cond])
+        if sources is None:
+            cond, uncond = self.encode_prompt(prompts, negative_prompts, do_cfg)
         else:
-            caption_embeds = cond
+            pixels = self.source_pixels(sources, height, width)
+            cond, uncond = self.encode_edit_prompt(prompts, pixels, negative_prompts, do_cfg)
+        caption_embeds = self.guidance_batch(cond, uncond, num_images_per_prompt)
 
         # 2. Noise.
         if latents is None:
             latents = self.prepare_latents(len(prompts), num_images_per_prompt, height, width, seed, generator)
+        elif latents.shape[0] != len(prompts) * num_images_per_prompt:
+            raise OpenUniError(f"latents hold {latents.shape[0]} images, the request makes "
+                               f"{len(prompts) * num_images_per_prompt}")
         latents = latents.to(self.device, torch.float32)
 
-        # 3. Denoising: DPM-Solver++ on flow sigmas; the DiT sees the integer timestep (reference quirk 6).
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([latents, latents]) if do_cfg else latents
-            timestep = t.expand(model_input.shape[0]).to(torch.float32)
-            velocity = self.model.predict_velocity(model_input, timestep, caption_embeds).float()
-            if do_cfg:
-                velocity_uncond, velocity_cond = velocity.chunk(2)
-                velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
-            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+        # 3. Denoising.
+        latents = self.denoise(latents, caption_embeds, num_inference_steps, guidance_scale, callback_on_step_end)
 
         # 4. Decode.
         images = self.decode(latents, output_type)
         self.maybe_free_model_hooks()
         return OpenUniPipelineOutput(images=images) if return_dict else (images,)
+
+    def edit(self, image, instruction: str | list[str], **kwargs) -> OpenUniPipelineOutput | tuple:
+        """Edit `image` (or one image per instruction) following `instruction`; the rest as `__call__`."""
+        return self(prompt=instruction, image=image, **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """Diffusers' layout, written to a temporary folder first so a failure leaves nothing half-written."""

@@ -1,0 +1,134 @@
+"""`openuni chat`: ask the frozen InternVL3 about images, or just chat with it; answers stream to the terminal.
+
+With a question it answers once. Without one it reads questions line by line from standard input and keeps the
+conversation; `/image PATH` attaches an image to the next question, `/reset` starts over, `/exit` (or end of
+input) quits. Only the MLLM is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..cli import DTYPES
+from ..errors import OpenUniError
+
+HELP_LINE = "commands: /image PATH (attach to the next question), /reset (new conversation), /exit"
+
+
+def add_parser(subparsers) -> None:
+    from ..variants import VARIANTS
+
+    parser = subparsers.add_parser("chat", help="ask InternVL3 about images (or chat without one)",
+                                   description="Image understanding with the frozen InternVL3 of an OpenUni variant.")
+    parser.add_argument("question", nargs="?", help="omit for an interactive conversation read from standard input")
+    parser.add_argument("--image", action="append", type=Path, default=[], metavar="PATH",
+                        help="an image to ask about (repeat for several)")
+    group = parser.add_argument_group("model (only the MLLM is loaded)")
+    group.add_argument("--variant", default="openuni-b-512", choices=list(VARIANTS),
+                       help="use this variant's InternVL3 from the Hub")
+    group.add_argument("--mllm", metavar="PATH", help="InternVL3 directory or Hub id (original or -hf layout)")
+    group.add_argument("--tokenizer", metavar="PATH", help="tokenizer directory (default: the MLLM's)")
+    group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+    group = parser.add_argument_group("answering")
+    group.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, help="sampling temperature (implies --do-sample; default 1.0)")
+    group.add_argument("--top-p", type=float, help="nucleus sampling mass (implies --do-sample; default 1.0)")
+    group.add_argument("--seed", type=int, help="seed for sampling")
+    group.add_argument("--max-tiles", type=int, default=12, help="448-px tiles per image, thumbnail aside (default 12)")
+    group.add_argument("--system", help="system prompt (default: InternVL3's own; '' for none)")
+    parser.set_defaults(func=run)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise OpenUniError("--max-new-tokens must be at least 1")
+    if args.temperature is not None and args.temperature <= 0:
+        raise OpenUniError("--temperature must be positive (leave sampling off for greedy decoding)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise OpenUniError("--top-p must be in (0, 1]")
+    if not 1 <= args.max_tiles <= 40:
+        raise OpenUniError("--max-tiles must be between 1 and 40")
+    if args.question is not None and not args.question.strip():
+        raise OpenUniError("the question is empty")
+    for image in args.image:
+        if not image.is_file():
+            raise OpenUniError(f"--image {image}: no such file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..chat import INTERNVL_SYSTEM_PROMPT, Conversation, InternVLChat
+    from ..loading import default_device, default_dtype
+
+    check_arguments(args)
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    chat = InternVLChat.from_pretrained(mllm=args.mllm, variant=args.variant, tokenizer=args.tokenizer, device=device,
+                                        dtype=dtype, max_tiles=args.max_tiles)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    settings = dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample or args.temperature is not None or args.top_p is not None,
+        temperature=args.temperature if args.temperature is not None else 1.0,
+        top_p=args.top_p if args.top_p is not None else 1.0,
+    )
+    system_prompt = INTERNVL_SYSTEM_PROMPT if args.system is None else (args.system or None)
+
+    def new_conversation() -> Conversation:
+        return Conversation(system_prompt=system_prompt)
+
+    if args.question is not None:
+        answer_streamed(chat, args.question, args.image, new_conversation(), settings)
+        return 0
+    return interactive(chat, list(args.image), new_conversation, settings)
+
+
+def answer_streamed(chat, question: str, images: list, conversation, settings: dict) -> None:
+    for piece in chat.stream(question, images, conversation, **settings):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def interactive(chat, pending_images: list, new_conversation, settings: dict) -> int:
+    """One question per input line; a bad line prints an error and the conversation goes on."""
+    conversation = new_conversation()
+    prompting = sys.stdin.isatty()
+    if prompting:
+        print(HELP_LINE, file=sys.stderr)
+    while True:
+        if prompting:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            conversation, pending_images = new_conversation(), []
+            continue
+        if line.startswith("/image"):
+            path = Path(line[len("/image"):].strip()).expanduser()
+            if path.is_file():
+                pending_images.append(path)
+            else:
+                print(f"openuni chat: error: /image {path}: no such file", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(f"openuni chat: unknown command {line.split()[0]}; {HELP_LINE}", file=sys.stderr)
+            continue
+        try:
+            answer_streamed(chat, line, pending_images, conversation, settings)
+            pending_images = []
+        except OpenUniError as error:
+            print(f"openuni chat: error: {error}", file=sys.stderr)

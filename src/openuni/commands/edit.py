@@ -1,0 +1,121 @@
+"""`openuni edit IMAGE "instruction"`: edit images with a released variant or a saved pipeline.
+
+Several edits at once come from `--pairs-file`, a JSON-lines file of {"image": PATH, "instruction": TEXT}.
+Consecutive edits with the same output size share a forward pass; every finished image is written at once, so an
+interruption or a bad image later in the file loses nothing already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cli import add_model_arguments, add_sampling_arguments, check_sampling_arguments, pipeline_from_args, \
+    save_image_atomically
+from ..errors import OpenUniError
+from .generate import output_paths
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("edit", help="edit an image following an instruction",
+                                   description="Edit images following instructions (OpenUni image-to-image).")
+    parser.add_argument("image", nargs="?", type=Path, help="the source image")
+    parser.add_argument("instruction", nargs="?", help='what to change, e.g. "make the sky pink"')
+    parser.add_argument("--pairs-file", type=Path,
+                        help='JSON lines {"image": PATH, "instruction": TEXT}: several edits (relative paths are '
+                             "relative to the file)")
+    parser.add_argument("--output", "-o", type=Path,
+                        help="an image file for one image, else a folder (default: openuni-edit.png or "
+                             "openuni-edits/)")
+    parser.add_argument("--grid", action="store_true", help="one grid image per edit holding all its images")
+    add_sampling_arguments(parser)
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def read_pairs(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    pairs = []
+    if args.image is not None or args.instruction is not None:
+        if args.image is None or args.instruction is None:
+            raise OpenUniError('give both an IMAGE and an "instruction"')
+        pairs.append((args.image, args.instruction))
+    if args.pairs_file:
+        pairs += read_pairs_file(args.pairs_file)
+    if not pairs:
+        raise OpenUniError('nothing to edit: pass IMAGE "instruction" or --pairs-file FILE')
+    for number, (image, instruction) in enumerate(pairs, 1):
+        if not instruction.strip():
+            raise OpenUniError(f"edit {number} ({image}): the instruction is empty")
+        if not image.is_file():
+            raise OpenUniError(f"edit {number}: image {image}: no such file")
+    return pairs
+
+
+def read_pairs_file(path: Path) -> list[tuple[Path, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise OpenUniError(f"cannot read --pairs-file {path}: {error}") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            image, instruction = entry["image"], entry["instruction"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise OpenUniError(f'{path}:{number}: expected {{"image": PATH, "instruction": TEXT}}') from None
+        if not isinstance(image, str) or not isinstance(instruction, str):
+            raise OpenUniError(f"{path}:{number}: image and instruction must be strings")
+        image_path = Path(image).expanduser()
+        pairs.append((image_path if image_path.is_absolute() else path.parent / image_path, instruction))
+    return pairs
+
+
+def batches(sizes: list[tuple[int, int]], per_batch: int) -> list[range]:
+    """Runs of consecutive edits with the same output size, at most `per_batch` long."""
+    runs, start = [], 0
+    for index in range(1, len(sizes) + 1):
+        if index == len(sizes) or sizes[index] != sizes[start] or index - start == per_batch:
+            runs.append(range(start, index))
+            start = index
+    return runs
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..images import image_grid, load_image
+
+    check_sampling_arguments(args)
+    pairs = read_pairs(args)
+    per_pair = 1 if args.grid else args.num_images
+    default_output = Path("openuni-edit.png" if len(pairs) * per_pair == 1 else "openuni-edits")
+    paths = output_paths(args.output or default_output, len(pairs), per_pair)
+
+    sources = [load_image(image) for image, _ in pairs]  # every unreadable image is reported before the model loads
+    pipe = pipeline_from_args(args)
+    sizes = [pipe.edit_output_size([source], args.height, args.width) for source in sources]
+
+    written = []
+    for run_of_edits in batches(sizes, max(1, args.batch_size // args.num_images)):
+        height, width = sizes[run_of_edits[0]]
+        images = pipe.edit(
+            [sources[i] for i in run_of_edits], [pairs[i][1] for i in run_of_edits],
+            negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
+            guidance_scale=args.cfg_scale, num_images_per_prompt=args.num_images, seed=args.seed,
+        ).images
+        for offset, index in enumerate(run_of_edits):
+            own = images[offset * args.num_images:(offset + 1) * args.num_images]
+            if args.grid:
+                own = [image_grid(own)]
+            for image, path in zip(own, paths[index]):
+                save_image_atomically(image, path)
+                written.append({"image": str(pairs[index][0]), "instruction": pairs[index][1], "seed": args.seed,
+                                "file": str(path)})
+    folder = paths[0][0].parent
+    if len(written) > 1:
+        with open(folder / "metadata.jsonl", "w", encoding="utf-8") as index_file:
+            index_file.writelines(json.dumps(entry) + "\n" for entry in written)
+    print(f"wrote {len(written)} image{'s' if len(written) > 1 else ''}"
+          + (f" to {folder}" if len(written) > 1 else f": {written[0]['file']}"))
+    return 0
