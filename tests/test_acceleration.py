@@ -82,3 +82,26 @@ def test_benchmark_tables_replace_their_own_section(tmp_path):
     text = doc.read_text()
     assert text.count("<!-- benchmark:a -->") == 1 and "second A" in text and "first A" not in text
     assert text.index("second A") < text.index("only B")
+
+
+def test_offload_stages_each_component_and_keeps_the_images(tiny, tiny_pipe):
+    pipe = load_tiny_pipeline(tiny)
+    pipe.set_progress_bar_config(disable=True)
+    plain = tiny_pipe(["a red cube", "a dog"], **FAST).images
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = next(module.parameters()).device
+        return hook
+
+    for name, module in (("mllm", pipe.mllm.model.language_model), ("connector", pipe.connector),
+                         ("transformer", pipe.transformer), ("vae", pipe.vae.decoder)):
+        module.register_forward_pre_hook(record(name))
+    pipe.enable_model_cpu_offload(device="cpu")  # the staging logic is the same for a GPU
+    assert pipe._execution_device == torch.device("cpu")
+    offloaded = pipe(["a red cube", "a dog"], **FAST).images
+    assert torch.equal(offloaded, plain)
+    assert set(seen) == {"mllm", "connector", "transformer", "vae"}
+    assert all(device.type == "cpu" for device in seen.values())
+    assert all(next(getattr(pipe, n).parameters()).device.type == "cpu" for n in ("mllm", "transformer", "vae"))

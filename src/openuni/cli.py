@@ -48,16 +48,45 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="attention heads of the connector, for checkpoints of a size no variant has")
     group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+    speed = parser.add_argument_group("speed and memory (see docs/benchmarks.md)")
+    speed.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                       help="torch.compile the DiT and connector (default, reduce-overhead, max-autotune...)")
+    speed.add_argument("--offload", action="store_true",
+                       help="keep the model in CPU memory, moving each part to the GPU only while it runs")
+    speed.add_argument("--vae-tiling", action="store_true", help="decode in tiles and one image at a time (1024 px)")
 
 
 def pipeline_from_args(args: argparse.Namespace):
     import torch
 
-    from .loading import default_device, default_dtype, load_pipeline
-    from .pipeline import OpenUniPipeline
+    from .acceleration import COMPILE_MODES, compile_pipeline, enable_vae_memory_savers
+    from .loading import default_device
 
     device = torch.device(args.device) if args.device else default_device()
-    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    if args.compile and args.compile not in COMPILE_MODES:
+        raise OpenUniError(f"--compile takes one of {', '.join(COMPILE_MODES)}, got {args.compile!r}")
+    offload = args.offload and device.type != "cpu"
+    if args.offload and not offload:
+        logging.getLogger(__name__).warning("--offload has no effect on the CPU")
+    # With offload the weights are loaded into CPU memory, never all at once onto the GPU.
+    pipe = load_pipeline_from_args(args, torch.device("cpu") if offload else device, device)
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    if args.vae_tiling:
+        enable_vae_memory_savers(pipe)
+    if args.compile:
+        compile_pipeline(pipe, mode=args.compile)
+    return pipe
+
+
+def load_pipeline_from_args(args: argparse.Namespace, device, target_device):
+    """The pipeline on `device`, in the dtype that suits `target_device` (where it will run)."""
+    import torch
+
+    from .loading import default_dtype, load_pipeline
+    from .pipeline import OpenUniPipeline
+
+    dtype = default_dtype(target_device) if args.dtype == "auto" else getattr(torch, args.dtype)
     if args.model:
         overrides = [n for n in ("mllm", "tokenizer", "transformer", "vae", "scheduler", "checkpoint") if getattr(args, n)]
         if overrides:

@@ -12,6 +12,7 @@ Seeds: with `seed=s`, image k of a prompt starts from `randn` of one latent draw
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class OpenUniPipeline(DiffusionPipeline):
         self.register_modules(
             tokenizer=tokenizer, mllm=mllm, connector=connector, transformer=transformer, vae=vae, scheduler=scheduler
         )
+        self._offload_device: torch.device | None = None
         # An inference pipeline: frozen, eval-mode components. (This also keeps CPU results identical however the
         # pipeline was built: oneDNN picks another convolution kernel for weights that require grad.)
         for module in (mllm, connector, transformer, vae):
@@ -57,6 +59,36 @@ class OpenUniPipeline(DiffusionPipeline):
         from .loading import load_pipeline
 
         return load_pipeline(variant, **kwargs)
+
+    # -- memory: model CPU offload ----------------------------------------------------------------------------------
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Keep every component on the CPU and move each to `device` only for its stage: MLLM + connector, then
+        the DiT, then the VAE. Peak memory is the largest stage's, at the cost of a host-device copy per stage."""
+        device = torch.device(device)
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        self._offload_device = device
+        for module in (self.mllm, self.connector, self.transformer, self.vae):
+            module.to("cpu")
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return self._offload_device if self._offload_device is not None else self.device
+
+    @contextmanager
+    def stage(self, *modules: torch.nn.Module):
+        """With offload on, hold `modules` on the execution device for the duration of one stage."""
+        if self._offload_device is None:
+            yield
+            return
+        for module in modules:
+            module.to(self._offload_device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
 
     @property
     def model(self) -> OpenUni:
@@ -99,7 +131,7 @@ class OpenUniPipeline(DiffusionPipeline):
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Full prompt strings -> right-padded ids and mask, special tokens parsed, nothing added."""
         tokens = self.tokenizer(texts, add_special_tokens=False, padding="longest", return_tensors="pt")
-        tokens = tokens.to(self.device)
+        tokens = tokens.to(self._execution_device)
         return tokens.input_ids, tokens.attention_mask
 
     def encode_prompt(
@@ -114,7 +146,8 @@ class OpenUniPipeline(DiffusionPipeline):
             negatives = negative_prompts if negative_prompts is not None else [None]
             texts += [unconditional_prompt(n) for n in negatives]
         input_ids, attention_mask = self.tokenize(texts)
-        embeds = self.model.encode_text(input_ids, attention_mask)
+        with self.stage(self.mllm, self.connector):
+            embeds = self.model.encode_text(input_ids, attention_mask)
         cond, uncond = embeds[: len(prompts)], embeds[len(prompts) :]
         return cond, (uncond if do_classifier_free_guidance else None)
 
@@ -143,12 +176,13 @@ class OpenUniPipeline(DiffusionPipeline):
         else:
             device = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn((total, *shape), generator=generator, device=device)
-        return noise.to(self.device, torch.float32)
+        return noise.to(self._execution_device, torch.float32)
 
     def decode(self, latents: torch.Tensor, output_type: str):
         if output_type == "latent":
             return latents
-        pixels = self.model.latents_to_pixels(latents)
+        with self.stage(self.vae):
+            pixels = self.model.latents_to_pixels(latents)
         if output_type == "pt":
             return pixels
         images = to_uint8(pixels).cpu().numpy()
@@ -188,7 +222,7 @@ class OpenUniPipeline(DiffusionPipeline):
         resized = [s if s.size == (width, height) else s.resize((width, height), PIL.Image.Resampling.BICUBIC)
                    for s in sources]
         pixels = torch.from_numpy(np.stack([np.asarray(s) for s in resized])).permute(0, 3, 1, 2)
-        return (2 * (pixels.to(self.device, torch.float32) / 255) - 1)
+        return (2 * (pixels.to(self._execution_device, torch.float32) / 255) - 1)
 
     def encode_edit_prompt(
         self, instructions: list[str], source_pixels: torch.Tensor, negative_prompts: list[str] | None = None,
@@ -200,17 +234,18 @@ class OpenUniPipeline(DiffusionPipeline):
             if any(marker in text for marker in (IMG_START, IMG_END, IMG_CONTEXT)):
                 raise OpenUniError(f"edit instructions cannot contain the image markers {IMG_START}, {IMG_END} or "
                                    f"{IMG_CONTEXT} (the source image's place is set by the pipeline): {text!r}")
-        model = self.model
-        image_embeds = model.semantic_features(source_pixels)
-        num_tokens = image_embeds.shape[1]
-        texts = [edit_prompt(i, num_tokens) for i in instructions]
-        if do_classifier_free_guidance:
-            negatives = negative_prompts if negative_prompts is not None else [EDIT_UNCONDITIONAL]
-            negatives = negatives * len(instructions) if len(negatives) == 1 else negatives
-            texts += [edit_prompt(n, num_tokens) for n in negatives]
-            image_embeds = torch.cat([image_embeds, image_embeds])
-        input_ids, attention_mask = self.tokenize(texts)
-        embeds = model.condition(model.embed_with_images(input_ids, image_embeds), attention_mask)
+        with self.stage(self.mllm, self.connector):
+            model = self.model
+            image_embeds = model.semantic_features(source_pixels)
+            num_tokens = image_embeds.shape[1]
+            texts = [edit_prompt(i, num_tokens) for i in instructions]
+            if do_classifier_free_guidance:
+                negatives = negative_prompts if negative_prompts is not None else [EDIT_UNCONDITIONAL]
+                negatives = negatives * len(instructions) if len(negatives) == 1 else negatives
+                texts += [edit_prompt(n, num_tokens) for n in negatives]
+                image_embeds = torch.cat([image_embeds, image_embeds])
+            input_ids, attention_mask = self.tokenize(texts)
+            embeds = model.condition(model.embed_with_images(input_ids, image_embeds), attention_mask)
         cond, uncond = embeds[: len(instructions)], embeds[len(instructions) :]
         return cond, (uncond if do_classifier_free_guidance else None)
 
@@ -231,8 +266,12 @@ class OpenUniPipeline(DiffusionPipeline):
 
         `callback_on_step_end(pipe, step, timestep, {"latents", "noise_pred"})` may return {"latents": ...}.
         """
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        with self.stage(self.transformer):
+            return self._denoising_loop(latents, caption_embeds, guidance_scale, callback_on_step_end)
+
+    def _denoising_loop(self, latents, caption_embeds, guidance_scale, callback_on_step_end):
         do_cfg = guidance_scale > 1.0
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if do_cfg else latents
             timestep = t.expand(model_input.shape[0]).to(torch.float32)
@@ -293,7 +332,7 @@ class OpenUniPipeline(DiffusionPipeline):
         elif latents.shape[0] != len(prompts) * num_images_per_prompt:
             raise OpenUniError(f"latents hold {latents.shape[0]} images, the request makes "
                                f"{len(prompts) * num_images_per_prompt}")
-        latents = latents.to(self.device, torch.float32)
+        latents = latents.to(self._execution_device, torch.float32)
 
         # 3. Denoising.
         latents = self.denoise(latents, caption_embeds, num_inference_steps, guidance_scale, callback_on_step_end)
