@@ -132,14 +132,20 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def score(benchmark: str, folder: Path, args: argparse.Namespace, prompts=None) -> None:
+    """Check the folder and the question/prompt files first, then load the (large) scoring models."""
     from ..evaluation import scoring
     from ..loading import default_device
 
     device = str(args.device or default_device())
+    if not folder.is_dir():
+        raise OpenUniError(f"{folder}: no such folder")
     if benchmark == "geneval":
+        from ..evaluation.geneval import sample_images
         from ..evaluation.geneval_models import ClipColorClassifier, Mask2FormerDetector, read_object_names
 
-        detector = Mask2FormerDetector(args.detector, read_object_names(args.object_names), device=device)
+        sample_images(folder)
+        names = read_object_names(args.object_names)
+        detector = Mask2FormerDetector(args.detector, names, device=device)
         colors = ClipColorClassifier(args.clip, device=device)
         scorer = {"name": "GenEval rules", "detector": args.detector, "clip": args.clip, "proxy": False,
                   "differs": "transformers Mask2Former and CLIP instead of mmdet and open_clip"}
@@ -147,7 +153,8 @@ def score(benchmark: str, folder: Path, args: argparse.Namespace, prompts=None) 
     else:
         from ..evaluation.judges import TransformersJudge
 
-        judge = TransformersJudge(args.judge, device=device)
+        if not any(folder.glob("*.png")):
+            raise OpenUniError(f"{folder}: no images (<id>.png) to score")
         if benchmark == "dpg":
             from ..evaluation.dpg import read_questions
             from ..evaluation.prompts import dpg_questions_file
@@ -155,10 +162,10 @@ def score(benchmark: str, folder: Path, args: argparse.Namespace, prompts=None) 
             questions = read_questions(dpg_questions_file(args.questions))
             scorer = {"name": "DPG-Bench aggregation", "judge": args.judge, "proxy": True,
                       "official_judge": "mPLUG-large (ModelScope)"}
-            scores = scoring.score_dpg(folder, questions, judge, scorer)
+            scores = scoring.score_dpg(folder, questions, TransformersJudge(args.judge, device=device), scorer)
         else:
             scorer = {"name": "WiScore", "judge": args.judge, "proxy": True, "official_judge": "gpt-4o-2024-05-13"}
-            scores = scoring.score_wise(folder, prompts, judge, scorer)
+            scores = scoring.score_wise(folder, prompts, TransformersJudge(args.judge, device=device), scorer)
     overall = scores["overall"]
     print(f"{benchmark} overall: {'n/a' if overall is None else f'{overall:.4f}'}"
           f"{' (proxy judge)' if benchmark != 'geneval' else ''}; summary in {folder}/{benchmark}_summary.md")
