@@ -93,3 +93,20 @@ def test_clip_colours_use_the_mask_and_the_class_name(tiny_clip):
     assert len(colors) == 2 and set(colors) <= set(COLORS)
     # The masked crop is what CLIP sees: the same answer on the pre-composited crop.
     assert classify(masked_crop(image, masked), "car", [Detection((0, 0, 40, 25), 0.9)]) == colors[:1]
+
+
+def test_cli_scores_a_geneval_folder(tiny_mask2former, tiny_clip, tmp_path):
+    from openuni.cli import main
+
+    metadata = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a red car"}
+    (tmp_path / "00000" / "samples").mkdir(parents=True)
+    (tmp_path / "00000" / "metadata.jsonl").write_text(json.dumps(metadata) + "\n")
+    PIL.Image.new("RGB", (32, 32), "red").save(tmp_path / "00000" / "samples" / "0000.png")
+    (tmp_path / "00000" / "samples" / "grid.png").write_bytes(b"")  # not a sample name: ignored, as officially
+    assert main(["eval", "score", "geneval", str(tmp_path), "--detector", str(tiny_mask2former),
+                 "--clip", str(tiny_clip), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "geneval_results.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["tag"] == "colors" and json.loads(rows[0]["metadata"]) == metadata
+    summary = json.loads((tmp_path / "geneval_summary.json").read_text())
+    assert summary["proxy"] is False and summary["overall"] == summary["scores"]["tasks"]["colors"]
+    assert summary["overall"] == float(rows[0]["correct"])

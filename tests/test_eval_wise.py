@@ -44,8 +44,10 @@ def test_overall_is_the_category_weighted_sum():
     assert summary["failed_judgements"] == 1 and summary["images"] == 7
     partial = wise.summarize(records[:2])
     assert partial["overall"] is None and partial["categories"] == {"CULTURE": pytest.approx(0.5)}
+    unjudged = wise.summarize([record(3, None, None, None)])
+    assert unjudged["overall"] is None and unjudged["categories"] == {} and unjudged["failed_judgements"] == 1
     with pytest.raises(OpenUniError):
-        wise.summarize([record(2000, 1, 1, 1)])
+        wise.summarize([])
 
 
 def test_parse_scores_from_replies():

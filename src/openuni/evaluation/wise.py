@@ -71,6 +71,8 @@ def parse_scores(reply: str) -> dict[str, float] | None:
 
 def summarize(records: list[dict]) -> dict:
     """records: {prompt_id, consistency, realism, aesthetic_quality} (None scores = failed judgement)."""
+    if not records:
+        raise OpenUniError("no WISE images to score")
     by_category: dict[str, list[float]] = {}
     failed = 0
     for record in records:
@@ -82,8 +84,6 @@ def summarize(records: list[dict]) -> dict:
             continue
         by_category.setdefault(category, []).append(
             wiscore(record["consistency"], record["realism"], record["aesthetic_quality"]))
-    if not by_category:
-        raise OpenUniError("no WISE image could be scored")
     categories = {name: float(np.mean(by_category[name])) for name in CATEGORIES if name in by_category}
     complete = len(categories) == len(CATEGORIES)
     overall = sum(CATEGORIES[name][2] * score for name, score in categories.items()) if complete else None
