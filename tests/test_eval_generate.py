@@ -107,6 +107,25 @@ def test_resume_skips_finished_and_redoes_truncated(tiny_pipe, tmp_path):
     with pytest.raises(OpenUniError, match="other settings"):
         generate_benchmark(tiny_pipe, "geneval", prompts, out, SamplingSettings(seed=7, steps=2, height=64, width=64),
                            show_progress=False)
+    assert json.loads((out / "openuni_run.json").read_text())["finished"] is True
+
+
+def test_an_interrupted_run_keeps_its_settings(tiny_pipe, tmp_path):
+    prompts = load_geneval(geneval_file(tmp_path))
+    out = tmp_path / "out"
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupting_pipe(*args, **kwargs):
+        raise Interrupted  # the first batch never finishes
+
+    with pytest.raises(Interrupted):
+        generate_benchmark(interrupting_pipe, "geneval", prompts, out, SETTINGS, show_progress=False)
+    assert json.loads((out / "openuni_run.json").read_text())["finished"] is False
+    with pytest.raises(OpenUniError, match="steps: 2 -> 3"):
+        generate_benchmark(tiny_pipe, "geneval", prompts, out, SamplingSettings(steps=3, height=64, width=64),
+                           show_progress=False)
 
 
 def test_batch_size_does_not_change_images(tiny_pipe, tmp_path):

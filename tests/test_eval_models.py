@@ -110,3 +110,20 @@ def test_cli_scores_a_geneval_folder(tiny_mask2former, tiny_clip, tmp_path):
     summary = json.loads((tmp_path / "geneval_summary.json").read_text())
     assert summary["proxy"] is False and summary["overall"] == summary["scores"]["tasks"]["colors"]
     assert summary["overall"] == float(rows[0]["correct"])
+
+
+def test_generate_then_score_in_one_command(tiny, tiny_mask2former, tiny_clip, tmp_path):
+    from conftest import tiny_cli_args
+    from openuni.cli import main
+
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    metadata.write_text(json.dumps({"tag": "single_object", "include": [{"class": "person", "count": 1}],
+                                    "prompt": "a photo of a person"}) + "\n")
+    out = tmp_path / "geneval"
+    assert main(["eval", "geneval", "--output", str(out), "--prompts", str(metadata), "--steps", "1", "--height", "32",
+                 "--width", "32", "--score", "--detector", str(tiny_mask2former), "--clip", str(tiny_clip),
+                 *tiny_cli_args(tiny)]) == 0
+    summary = json.loads((out / "geneval_summary.json").read_text())
+    assert summary["scores"]["images"] == 4 and summary["generation"]["steps"] == 1
+    assert summary["generation"]["model"]["checkpoint"] == str(tiny.checkpoint)
+    assert "## Generation" in (out / "geneval_summary.md").read_text()

@@ -125,6 +125,8 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
     check_run_settings(output, run_settings)
     state.wait_for_everyone()  # nobody writes before everybody has checked
     output.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:  # recorded first, so an interrupted run is resumed only with the same settings
+        write_text_atomically(output / RUN_FILE, json.dumps({"generation": run_settings, "finished": False}, indent=2))
 
     batches = plan_batches(len(prompts), layout.images_per_prompt, batch_size)
     mine = batches[state.process_index::state.num_processes]
@@ -154,8 +156,8 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
         bar.update(len(batch))
     bar.close()
     state.wait_for_everyone()
-    record = {"generation": run_settings, "generated_here": remaining, "elapsed_s": round(time.time() - started, 1),
-              "num_processes": state.num_processes}
+    record = {"generation": run_settings, "finished": True, "generated_here": remaining,
+              "elapsed_s": round(time.time() - started, 1), "num_processes": state.num_processes}
     if state.is_main_process:
         write_text_atomically(output / RUN_FILE, json.dumps(record, indent=2) + "\n")
     return record
