@@ -17,7 +17,7 @@ from conftest import tiny_cli_args
 from openuni.cli import main
 from openuni.errors import OpenUniError
 from openuni.evaluation.generate import SamplingSettings, generate_benchmark
-from openuni.evaluation.prompts import BenchmarkPrompt, load_dpg, load_geneval, load_wise
+from openuni.evaluation.prompts import load_dpg, load_geneval, load_wise
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SETTINGS = SamplingSettings(seed=42, steps=2, height=64, width=64)

@@ -76,9 +76,8 @@ def is_complete_image(path: Path) -> bool:
 
 
 def is_finished(benchmark: str, output: Path, prompt: BenchmarkPrompt) -> bool:
-    sides = side_files(benchmark, output, prompt)
-    return all(path.is_file() for path in sides) and all(is_complete_image(p) for p in image_files(benchmark, output,
-                                                                                                        prompt))
+    texts_done = all(path.is_file() for path in side_files(benchmark, output, prompt))
+    return texts_done and all(is_complete_image(path) for path in image_files(benchmark, output, prompt))
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -105,9 +104,9 @@ def check_run_settings(output: Path, settings: dict) -> None:
         return
     changed = sorted(k for k in settings if k in previous and previous[k] != settings[k])
     if changed:
-        raise OpenUniError(
-            f"{output} holds images made with other settings ({', '.join(f'{k}: {previous[k]!r} -> {settings[k]!r}' for k in changed)}); "
-            "use another --output folder, or the same settings to resume")
+        differences = ", ".join(f"{k}: {previous[k]!r} -> {settings[k]!r}" for k in changed)
+        raise OpenUniError(f"{output} holds images made with other settings ({differences}); "
+                           "use another --output folder, or the same settings to resume")
 
 
 def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], output: Path, settings: SamplingSettings,

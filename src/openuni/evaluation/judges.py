@@ -39,7 +39,8 @@ class TransformersJudge:
     def ask(self, image: PIL.Image.Image, text: str, max_new_tokens: int) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         chat = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(images=[image], text=[chat], return_tensors="pt").to(self.device)
+        # Float inputs (pixels) follow the model's dtype; ids stay integer.
+        inputs = self.processor(images=[image], text=[chat], return_tensors="pt").to(self.device, self.model.dtype)
         output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
