@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,10 @@ def test_two_processes_write_the_same_bytes_as_one(tiny, tmp_path):
     metadata = geneval_file(tmp_path)
     two = tmp_path / "two"
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    with socket.socket() as probe:  # a free port: other test runs may share this machine
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                "-m", "openuni.cli", "eval", "geneval", "--output", str(two), "--prompts", str(metadata),
                "--steps", "2", "--height", "64", "--width", "64", "--batch-size", "4", *tiny_cli_args(tiny)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
