@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "openuni.commands.generate",
     "openuni.commands.edit",
     "openuni.commands.chat",
+    "openuni.commands.eval",
     "openuni.commands.make_tiny",
 ]
 
