@@ -13,6 +13,8 @@ _EXPORTS = {
     "load_pipeline": "openuni.loading",
     "OpenUniError": "openuni.errors",
     "VARIANTS": "openuni.variants",
+    "InternVLChat": "openuni.chat",
+    "load_image": "openuni.images",
 }
 __all__ = list(_EXPORTS)
 
