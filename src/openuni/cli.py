@@ -20,7 +20,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Each module's add_parser(subparsers) registers one subcommand (handler in `func`); they import heavy
 # libraries only when run, so `openuni --help` stays quick.
-SUBCOMMANDS = ["openuni.commands.generate", "openuni.commands.make_tiny"]
+SUBCOMMANDS = ["openuni.commands.generate", "openuni.commands.make_tiny", "openuni.commands.train",
+               "openuni.commands.extract_latents"]
 
 
 # -- shared by every subcommand that loads the model --------------------------------------------------------------
