@@ -88,3 +88,30 @@ def shuffled(items, seed=0):
     items = list(items)
     random.Random(seed).shuffle(items)
     return items
+
+
+def write_latent_dataset(root: Path, count: int = 4, seed: int = 0) -> Path:
+    """A cached-latents folder as `openuni extract-latents` writes it, with unit-variance latents of the tiny SANA."""
+    import torch
+
+    from openuni.data.latent_cache import shard_path, write_shard
+
+    root.mkdir(parents=True, exist_ok=True)
+    latents = torch.randn(count, 8, 2, 2, generator=torch.Generator().manual_seed(seed))
+    write_shard(shard_path(root, 0), list(latents), CAPTIONS[:count], [f"k{i}" for i in range(count)], 0)
+    return root
+
+
+class OneThread:
+    """Torch on one thread: the tiny models are far faster so on a shared machine than with oversubscribed threads."""
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.previous)

@@ -55,18 +55,16 @@ def configure_trainable(model: OpenUni, train_transformer: bool, lora_rank: int,
 
 
 def merged_transformer_state(transformer: nn.Module) -> dict[str, torch.Tensor]:
-    """SANA's state dict with any LoRA adapters merged into the base weights (diffusers key names)."""
+    """SANA's state dict with any LoRA adapters folded into copies of the base weights (diffusers key names).
+
+    The live model is left untouched: merging in place and unmerging again would not restore the weights bitwise.
+    """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    lora_layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
-    if not lora_layers:
-        return transformer.state_dict()
-    for layer in lora_layers:
-        layer.merge()
-    try:
-        state = {k.replace(".base_layer.", "."): v.detach().clone() for k, v in transformer.state_dict().items()
-                 if "lora_" not in k}
-    finally:
-        for layer in lora_layers:
-            layer.unmerge()
-    return state
+    state = {name: tensor.detach().clone() for name, tensor in transformer.state_dict().items()}
+    for name, layer in transformer.named_modules():
+        if isinstance(layer, BaseTunerLayer):
+            for adapter in layer.active_adapters:
+                key = f"{name}.base_layer.weight"
+                state[key] = state[key] + layer.get_delta_weight(adapter).to(state[key].dtype)
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
