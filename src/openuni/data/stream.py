@@ -81,6 +81,7 @@ class SampleStream(IterableDataset):
         self.cumulative = list(itertools.accumulate(r / total for r in ratios))
         self.resolution, self.buckets = resolution, buckets
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
+        self._known_bad: set[tuple[int, int]] = set()  # logged once, counted every time they are passed over
 
     def choose_source(self, index: int) -> int:
         if len(self.sources) == 1:
@@ -115,9 +116,12 @@ class SampleStream(IterableDataset):
         for attempt in range(MAX_CONSECUTIVE_BAD):
             position = index + attempt
             item = int(self.item_order(source, position // size)[position % size])
+            if (source, item) in self._known_bad:
+                continue
             try:
                 return self.sources[source][item], attempt
             except BadSample as error:
+                self._known_bad.add((source, item))
                 logger.warning("skipping an unusable sample: %s", error)
         raise OpenUniError(f"{MAX_CONSECUTIVE_BAD} unusable samples in a row in data source {source}: check its paths")
 
