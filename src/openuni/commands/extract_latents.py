@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from ..data.sources import JsonImageFolder, WebDatasetShards
     from ..errors import OpenUniError
     from ..loading import resolve_dir
+    from ..training.trainer import cpu_only
 
     if args.resolution <= 0 or args.resolution % 32:
         raise OpenUniError(f"--resolution must be a positive multiple of 32, got {args.resolution}")
     if args.batch_size < 1 or args.shard_size < 1:
         raise OpenUniError("--batch-size and --shard-size must be at least 1")
-    state = PartialState(cpu=args.device == "cpu")
+    state = PartialState(cpu=args.device == "cpu" or cpu_only())
     device = torch.device(args.device) if args.device else state.device
     if args.kind == "json":
         source = JsonImageFolder(args.path, args.image_dir, args.annotation_dir, args.caption_key)

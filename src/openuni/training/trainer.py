@@ -48,6 +48,12 @@ def batch_noise(indices: list[int], latents: torch.Tensor, seed: int) -> tuple[t
     return torch.stack(noise).to(latents.device), torch.cat(u).to(latents.device)
 
 
+def cpu_only() -> bool:
+    """No accelerator here: accelerate must then be told so to run several processes (gloo) rather than one."""
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()))
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None):
         from accelerate import Accelerator
@@ -56,6 +62,7 @@ class Trainer:
         self.config = config
         log_with = None if str(config.log_with).lower() in ("none", "") else config.log_with
         self.accelerator = accelerator or Accelerator(
+            cpu=cpu_only(),
             mixed_precision=config.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False),
             log_with=log_with,
