@@ -79,3 +79,19 @@ def test_image_to_image_loss(model_and_schedule, expected):
     assert_close("i2i_loss.noisy_model_input", out.noisy_latents, e["noisy_model_input"], NETWORK_TOLERANCE)
     assert_close("i2i_loss.model_pred", out.model_pred, e["model_pred"], NETWORK_TOLERANCE)
     assert_close("i2i_loss.loss", out.loss, e["loss"], LOSS_TOLERANCE)
+
+
+def test_training_batches_are_tokenized_and_padded_as_the_reference(model_and_schedule, expected):
+    """t2i: generation prompts right-padded with 0; i2i: edit prompts left-padded with 0 (quirk 1)."""
+    from openuni.data.collate import tokenize_prompts, training_prompts
+    from openuni.prompting import edit_prompt
+
+    pipe, _ = model_and_schedule
+    captions = ["a red cube on the left of a blue sphere", "a green dog"]
+    prompts = training_prompts(captions, [0, 1], seed=0, caption_dropout=0.0)
+    ids, mask = tokenize_prompts(pipe.tokenizer, prompts)
+    assert torch.equal(ids, expected["t2i_loss.input_ids"]) and torch.equal(mask, expected["t2i_loss.attention_mask"])
+
+    prompts = [edit_prompt(text, pipe.model.num_image_tokens) for text in ("make it blue", "Keep the image as it is.")]
+    ids, mask = tokenize_prompts(pipe.tokenizer, prompts, side="left")
+    assert torch.equal(ids, expected["i2i_loss.input_ids"]) and torch.equal(mask, expected["i2i_loss.attention_mask"])

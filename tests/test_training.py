@@ -105,5 +105,14 @@ def test_export_loads_in_the_pipeline_and_as_a_release_checkpoint(tiny, data, tm
             assert torch.equal(pipe.connector.state_dict()[name], tensor), name
     assert torch.equal(saved.transformer.state_dict()["transformer_blocks.0.attn1.to_q.weight"],
                        released.transformer.state_dict()["transformer_blocks.0.attn1.to_q.weight"])
+    # The LoRA adapters are merged: the exported SANA computes what the adapted one does.
+    generator = torch.Generator().manual_seed(0)
+    latents, captions = torch.randn(1, 8, 2, 2, generator=generator), torch.randn(1, 8, 48, generator=generator)
+    with torch.no_grad():
+        live, exported = (t(latents, encoder_hidden_states=captions, timestep=torch.tensor([500.0]), return_dict=False)[0]
+                          for t in (trained.transformer, released.transformer))
+    lora_delta = [v for k, v in trained.transformer.state_dict().items() if "lora_B" in k]
+    assert any(v.abs().max() > 0 for v in lora_delta), "LoRA did not train"
+    torch.testing.assert_close(exported, live, atol=1e-5, rtol=1e-5)
     images = released(["a green disc"], num_inference_steps=2, seed=0, output_type="np").images
     assert images.shape == (1, 64, 64, 3)

@@ -34,7 +34,10 @@ def training_prompts(captions: list[str], indices: list[int], seed: int, caption
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int = MAX_TRAIN_PROMPT_TOKENS,
                      side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    ids = [tokenizer(p, add_special_tokens=False).input_ids[:max_tokens] for p in prompts]
+    """Token ids, cut to `max_tokens` and padded on `side`; left-padded (edit) prompts lose their start, as in the
+    reference, so that the image tokens and the final `<img>` survive."""
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    ids = [i[:max_tokens] if side == "right" else i[-max_tokens:] for i in ids]
     return pad_sequences(ids, side)
 
 

@@ -54,17 +54,15 @@ def configure_trainable(model: OpenUni, train_transformer: bool, lora_rank: int,
         model.transformer.enable_gradient_checkpointing()
 
 
-def merged_transformer_state(transformer: nn.Module) -> dict[str, torch.Tensor]:
-    """SANA's state dict with any LoRA adapters folded into copies of the base weights (diffusers key names).
-
-    The live model is left untouched: merging in place and unmerging again would not restore the weights bitwise.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    state = {name: tensor.detach().clone() for name, tensor in transformer.state_dict().items()}
-    for name, layer in transformer.named_modules():
-        if isinstance(layer, BaseTunerLayer):
-            for adapter in layer.active_adapters:
-                key = f"{name}.base_layer.weight"
-                state[key] = state[key] + layer.get_delta_weight(adapter).to(state[key].dtype)
-    return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+def merge_lora(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A SANA state dict with peft LoRA adapters folded into the base weights: W + scaling * B @ A, plain keys."""
+    merged = {}
+    for key, tensor in state.items():
+        if "lora_" in key:
+            continue
+        if ".base_layer." in key and key.endswith(".weight"):
+            prefix = key[: -len(".base_layer.weight")]
+            lora_a, lora_b = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
+            tensor = tensor + scaling * (lora_b.float() @ lora_a.float()).to(tensor.dtype)
+        merged[key.replace(".base_layer.", ".")] = tensor
+    return merged

@@ -20,7 +20,7 @@ from ..errors import OpenUniError
 from ..model import training_scheduler
 from . import checkpointing
 from .config import TrainConfig
-from .model import TrainableOpenUni, configure_trainable, merged_transformer_state
+from .model import TrainableOpenUni, configure_trainable, merge_lora
 from .optim import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -161,19 +161,23 @@ class Trainer:
         from ..checkpoints import save_release
         from ..pipeline import OpenUniPipeline
 
-        self.accelerator.wait_for_everyone()
+        # Every process takes part: under FSDP/ZeRO this gathers the shards.
+        state = self.accelerator.get_state_dict(self.wrapped)
         if not self.accelerator.is_main_process:
             return
-        trainable = self.accelerator.unwrap_model(self.wrapped)
-        connector, transformer = trainable.connector, trainable.transformer
-        transformer_state = merged_transformer_state(transformer)
-        trained_transformer = self.config.train_transformer or self.config.lora_rank > 0
-        plain_transformer = type(transformer).from_config(transformer.config)
-        plain_transformer.load_state_dict(transformer_state)
-        save_release(connector, plain_transformer if trained_transformer else None, directory / "openuni.pth")
+        config, trainable = self.config, self.accelerator.unwrap_model(self.wrapped)
+        connector = type(trainable.connector).from_config(trainable.connector.config)
+        connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
+        transformer_state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+        if config.lora_rank:
+            transformer_state = merge_lora(transformer_state, (config.lora_alpha or config.lora_rank) / config.lora_rank)
+        transformer = type(trainable.transformer).from_config(trainable.transformer.config)
+        transformer.load_state_dict(transformer_state)
+        trained_transformer = config.train_transformer or config.lora_rank > 0
+        save_release(connector, transformer if trained_transformer else None, directory / "openuni.pth")
         mllm, vae = trainable.frozen
-        pipe = OpenUniPipeline(self.pipe.tokenizer, mllm, connector, plain_transformer, vae, self.pipe.scheduler)
-        pipe.save_pretrained(directory / "pipeline")
+        OpenUniPipeline(self.pipe.tokenizer, mllm, connector, transformer, vae, self.pipe.scheduler).save_pretrained(
+            directory / "pipeline")
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
