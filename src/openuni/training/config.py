@@ -96,16 +96,22 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Per-GPU batch sizes of the reference configs (wusize/OpenUni configs/datasets/*): 32 at 512 px; at 1024 px 16 in
+# pretraining and 8 in finetuning. The reference trains on 16 (B/L-512) or 32 (L-1024) GPUs in pretraining, 8 in
+# finetuning: with fewer GPUs raise grad_accum to keep the global batch.
+REFERENCE_BATCH = {("pretrain", 512): 32, ("pretrain", 1024): 16, ("finetune", 512): 32, ("finetune", 1024): 8}
+
+
 def _preset(variant: str, stage: str) -> dict:
     resolution = VARIANTS[variant].resolution
-    common = dict(variant=variant, resolution=resolution, output_dir=f"runs/{stage}-{variant}")
+    common = dict(variant=variant, resolution=resolution, output_dir=f"runs/{stage}-{variant}",
+                  batch_size=REFERENCE_BATCH[stage, resolution], activation_checkpointing=resolution >= 1024)
     if stage == "pretrain":
-        # SPEC: lr 1e-4, 100k iterations, 32 per GPU, SANA frozen; the connector starts fresh.
-        return dict(common, init_checkpoint="none", lr=1e-4, max_steps=100_000, batch_size=32, train_transformer=False,
-                    activation_checkpointing=resolution >= 1024)
+        # SPEC: lr 1e-4, 100k iterations, SANA frozen; the connector starts fresh.
+        return dict(common, init_checkpoint="none", lr=1e-4, max_steps=100_000, train_transformer=False)
     # SPEC: finetune on BLIP3o-60k from the pretrained release, lr 1e-5, 10k iterations, SANA trained.
-    return dict(common, init_stage="pretrain", lr=1e-5, max_steps=10_000, batch_size=32, train_transformer=True,
-                activation_checkpointing=resolution >= 1024)
+    return dict(common, init_stage="pretrain", lr=1e-5, max_steps=10_000, train_transformer=True,
+                checkpoint_every=1000 if resolution < 1024 else 2000)
 
 
 PRESETS = {f"{stage}-{name.removeprefix('openuni-')}": _preset(name, stage)
