@@ -68,3 +68,10 @@ def test_print_config_resolves_presets_and_overrides(capsys):
 def test_bad_configs_fail_with_one_clear_line(args, message, capsys):
     assert run_cli("train", *args, "--print-config") == 2
     assert message in capsys.readouterr().err
+
+
+def test_missing_data_fails_before_the_model_loads(tmp_path, capsys):
+    code = run_cli("train", "finetune-b-512", f"data.0.path={tmp_path / 'missing.json'}", f"output_dir={tmp_path}",
+                   "log_with=none", "mllm=/nonexistent/mllm")
+    assert code == 2
+    assert "cannot read the dataset index" in capsys.readouterr().err

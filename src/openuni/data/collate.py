@@ -42,14 +42,17 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int = MAX_TRAIN_
 
 
 def stack_latents(samples: list[dict], encode) -> torch.Tensor:
-    """Latents of a batch: cached ones as they are, images encoded with `encode` (the frozen VAE) in one call."""
+    """Latents of a batch in sample order: cached ones as they are, images encoded with `encode` (the frozen VAE)
+    in one call."""
     from_pixels = [i for i, s in enumerate(samples) if "pixels" in s]
-    encoded = encode(torch.stack([samples[i]["pixels"] for i in from_pixels])) if from_pixels else None
-    latents = []
-    for i, sample in enumerate(samples):
-        latents.append(encoded[from_pixels.index(i)] if "pixels" in sample else sample["latents"].to(encoded.device if encoded is not None else "cpu"))
+    latents = [s.get("latents") for s in samples]
+    if from_pixels:
+        encoded = encode(torch.stack([samples[i]["pixels"] for i in from_pixels]))
+        for i, tensor in zip(from_pixels, encoded):
+            latents[i] = tensor
     shapes = {tuple(l.shape) for l in latents}
     if len(shapes) > 1:
         raise OpenUniError(f"latents of different sizes in one batch {sorted(shapes)}: cached latents must match "
                            "the training resolution (and aspect buckets cannot mix with cached latents)")
-    return torch.stack([l.float() for l in latents])
+    device = latents[from_pixels[0]].device if from_pixels else torch.device("cpu")
+    return torch.stack([l.to(device, torch.float32) for l in latents])

@@ -161,7 +161,9 @@ class SampleStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         part, parts = self.layout.rank * workers + worker, self.layout.world_size * workers
-        mine = lambda indices: (g for p, g in enumerate(indices) if p % workers == worker)  # noqa: E731
+
+        def mine(indices):
+            return (g for position, g in enumerate(indices) if position % workers == worker)
 
         streams = {}
         streamed = [j for j, s in enumerate(self.sources) if isinstance(s, WebDatasetShards)]

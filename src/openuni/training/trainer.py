@@ -69,6 +69,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
         )
         self.output_dir = Path(config.output_dir)
+        self.sources = [open_source(s.kind, s.path, **self.source_options(s)) for s in config.data]
         self.pipe = load_components(config, self.accelerator.device)
         self.model = self.pipe.model
         self.lower_frozen_precision()
@@ -81,12 +82,22 @@ class Trainer:
             raise OpenUniError(str(error)) from None
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config.max_steps, config.warmup_ratio,
                                                config.warmup_start_factor)
+        self.fill_deepspeed_config()
         self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, self.optimizer)
         # Stepped once per optimisation step by us (accelerate would step a prepared one once per process).
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
+
+    def fill_deepspeed_config(self) -> None:
+        """What accelerate needs from us under DeepSpeed: we prepare no DataLoader for it to read the batch size
+        from, and accumulation and clipping are DeepSpeed's to do there."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None:
+            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=self.config.batch_size,
+                                           gradient_accumulation_steps=self.config.grad_accum,
+                                           gradient_clipping=self.config.grad_clip)
 
     def lower_frozen_precision(self) -> None:
         """Keep the frozen MLLM and VAE in bf16/fp16 under mixed precision: they never need fp32 master weights."""
@@ -100,10 +111,9 @@ class Trainer:
 
     def sample_stream(self) -> DataLoader:
         config, acc = self.config, self.accelerator
-        sources = [open_source(s.kind, s.path, **self.source_options(s)) for s in config.data]
         layout = StreamLayout(config.seed, config.batch_size, config.grad_accum, acc.process_index, acc.num_processes)
         buckets = aspect_buckets(config.resolution) if config.aspect_buckets else None
-        stream = SampleStream(sources, [s.ratio for s in config.data], layout, self.step, config.resolution, buckets)
+        stream = SampleStream(self.sources, [s.ratio for s in config.data], layout, self.step, config.resolution, buckets)
         return DataLoader(stream, batch_size=None, num_workers=config.num_workers,
                           persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
 
