@@ -157,3 +157,22 @@ def test_a_real_kill_mid_run_resumes_onto_the_uninterrupted_curve(tiny, data, tm
     print(f"killed after step {killed_at}; resume max abs loss diff:",
           max(abs(a - b) for a, b in zip(resumed, uninterrupted)))
     assert resumed == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7)
+
+
+def test_weight_decay_reaches_only_matrices_and_the_schedule_warms_up_then_decays(tiny_pipe):
+    import math
+
+    from openuni.training.optim import parameter_groups, warmup_cosine_factor
+
+    decay, no_decay = parameter_groups(tiny_pipe.connector.requires_grad_(True), 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and all(p.ndim >= 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.ndim < 2 for p in no_decay["params"])
+    tiny_pipe.connector.requires_grad_(False)
+
+    factor = [warmup_cosine_factor(step, 1000, 10, 1e-5) for step in range(1001)]
+    assert factor[0] == pytest.approx(1e-5) and factor[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factor[:10], factor[1:11]))  # linear warmup
+    assert factor[505] == pytest.approx(0.5) and factor[1000] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(factor[10:], factor[11:]))  # cosine decay
+    assert factor[257] == pytest.approx(0.5 * (1 + math.cos(math.pi * 247 / 990)))
