@@ -24,6 +24,8 @@ SUBCOMMANDS = [
     "openuni.commands.generate",
     "openuni.commands.edit",
     "openuni.commands.chat",
+    "openuni.commands.train",
+    "openuni.commands.extract_latents",
     "openuni.commands.eval",
     "openuni.commands.make_tiny",
 ]

@@ -144,6 +144,28 @@ def build_connector(variant: Variant, connector_state: dict, connector_heads: in
     return OpenUniConnector(**found, num_attention_heads=connector_heads)
 
 
+def fresh_connector(
+    variant: Variant, overrides: dict | None, connector_heads: int | None, caption_channels: int
+) -> OpenUniConnector:
+    """An untrained connector: the variant's geometry unless `overrides` says otherwise; queries ~ N(0, 1/sqrt(d))."""
+    geometry = variant.connector
+    config = dict(
+        hidden_size=geometry.hidden_size,
+        intermediate_size=geometry.intermediate_size,
+        num_hidden_layers=geometry.num_hidden_layers,
+        num_attention_heads=connector_heads or geometry.num_attention_heads,
+        num_queries=variant.num_queries,
+    )
+    unknown = set(overrides or {}) - set(config)
+    if unknown:
+        raise OpenUniError(f"unknown connector setting {sorted(unknown)[0]!r}; known: {', '.join(config)}")
+    config.update(overrides or {})
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise OpenUniError(f"{config['num_attention_heads']} connector heads do not divide the hidden size "
+                           f"{config['hidden_size']}")
+    return OpenUniConnector(**config, caption_channels=caption_channels)
+
+
 def load_pipeline(
     variant: str = "openuni-b-512",
     *,
@@ -153,13 +175,18 @@ def load_pipeline(
     transformer: str | Path | None = None,
     vae: str | Path | None = None,
     scheduler: str | Path | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | None | bool = None,
     connector_heads: int | None = None,
+    connector_config: dict | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     local_files_only: bool = False,
 ) -> OpenUniPipeline:
-    """Build the pipeline of a released variant; every component can come from a local path instead of the Hub."""
+    """Build the pipeline of a released variant; every component can come from a local path instead of the Hub.
+
+    `checkpoint=False` starts from scratch (pretraining): a freshly initialised connector of the variant's geometry
+    (or of `connector_config`, for models of other sizes) and the SANA transformer as it comes.
+    """
     spec = get_variant(variant)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
@@ -175,7 +202,8 @@ def load_pipeline(
         raise OpenUniError(f"--transformer {transformer_root}: no config.json there or in transformer/")
     vae_dir = resolve_dir(vae or spec.vae_repo, "DC-AE", "--vae", ["*.json", "*.safetensors"], local_files_only)
     vae_dir = _component_dir(vae_dir, "vae", "config.json") or vae_dir
-    checkpoint_file = resolve_checkpoint(checkpoint, spec, stage, local_files_only)
+    from_scratch = checkpoint is False
+    checkpoint_file = None if from_scratch else resolve_checkpoint(checkpoint, spec, stage, local_files_only)
 
     tokenizer_obj = load_tokenizer(tokenizer_dir)
     mllm_model = load_mllm(mllm_dir, tokenizer_obj, dtype=dtype, device=device)
@@ -183,9 +211,12 @@ def load_pipeline(
     vae_model = AutoencoderDC.from_pretrained(vae_dir, dtype=dtype)
     scheduler_obj = load_scheduler(scheduler, transformer_root)
 
-    release_state = read_state_dict(checkpoint_file)
-    connector_state, _, _ = split_release(release_state)
-    connector = build_connector(spec, connector_state, connector_heads)
+    if from_scratch:
+        connector = fresh_connector(spec, connector_config, connector_heads, transformer_model.config.caption_channels)
+    else:
+        release_state = read_state_dict(checkpoint_file)
+        connector_state, _, _ = split_release(release_state)
+        connector = build_connector(spec, connector_state, connector_heads)
     llm_hidden = mllm_model.config.text_config.hidden_size
     if connector.config.hidden_size != llm_hidden:
         raise OpenUniError(f"the checkpoint's connector is {connector.config.hidden_size} wide, the MLLM's hidden "
@@ -193,7 +224,8 @@ def load_pipeline(
     if connector.config.caption_channels != transformer_model.config.caption_channels:
         raise OpenUniError(f"the checkpoint projects to {connector.config.caption_channels} channels, the SANA "
                            f"transformer takes {transformer_model.config.caption_channels}: they do not belong together")
-    load_release(connector, transformer_model, checkpoint_file, release_state)
+    if not from_scratch:
+        load_release(connector, transformer_model, checkpoint_file, release_state)
 
     connector.type(dtype)  # (ModelMixin.to(dtype) warns about fp32 modules even when there are none)
     for module in (connector, transformer_model, vae_model):

@@ -6,6 +6,8 @@ with it, the trainer trains with it. SPEC "The computation" and the quirks of pa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,7 +99,78 @@ class OpenUni(nn.Module):
             return_dict=False,
         )[0]
 
+    def flow_matching_loss(
+        self,
+        latents: torch.Tensor,
+        caption_embeds: torch.Tensor,
+        train_scheduler,
+        noise: torch.Tensor | None = None,
+        u: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FlowMatchingOutput:
+        """Flow-matching MSE of the SANA prediction against `noise - latents` at uniformly drawn scheduler steps.
+
+        `noise` and `u` (in [0, 1), one per sample) are drawn from `generator` when not given; tests feed recorded ones.
+        """
+        batch = latents.shape[0]
+        if u is None:
+            u = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu")
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else "cpu")
+        latents, noise = latents.float(), noise.to(latents.device, torch.float32)
+        indices = (u.cpu() * train_scheduler.config.num_train_timesteps).long()
+        # The table value goes to the DiT unrounded (127.00000762939453, not 127), as in the reference.
+        timesteps = train_scheduler.timesteps[indices].to(latents.device, torch.float32)
+        sigmas = train_scheduler.sigmas[indices].to(latents.device, torch.float32)
+        sigma = sigmas.view(batch, *([1] * (latents.ndim - 1)))
+        noisy_latents = (1.0 - sigma) * latents + sigma * noise
+        target = noise - latents
+        model_pred = self.predict_velocity(noisy_latents, timesteps, caption_embeds).float()
+        per_sample = ((model_pred - target) ** 2).reshape(batch, -1).mean(dim=1)
+        return FlowMatchingOutput(per_sample.mean(), per_sample, model_pred, target, noisy_latents, timesteps, sigmas)
+
+    def edit_caption_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        source_pixels: torch.Tensor,
+        max_length: int | None = None,
+    ) -> torch.Tensor:
+        """Image-to-image conditioning of a (left-padded) batch: the sources' semantic features at `<IMG_CONTEXT>`.
+
+        Beyond `max_length` the sequence is cut from the left, as the reference's `image2image_loss` does.
+        """
+        inputs_embeds = self.embed_with_images(input_ids, self.semantic_features(source_pixels))
+        if max_length is not None and inputs_embeds.shape[1] > max_length:
+            inputs_embeds, attention_mask = inputs_embeds[:, -max_length:], attention_mask[:, -max_length:]
+        return self.condition(inputs_embeds, attention_mask)
+
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8, with the reference's conversion (127.5 x + 128, truncated)."""
     return torch.clamp(127.5 * pixels.float() + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+# -- training (SPEC "Training", parity quirk 7) -----------------------------------------------------------------
+
+@dataclass
+class FlowMatchingOutput:
+    """The loss and what went into it, per sample where it has a batch dimension."""
+
+    loss: torch.Tensor
+    per_sample_loss: torch.Tensor
+    model_pred: torch.Tensor
+    target: torch.Tensor
+    noisy_latents: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+
+
+def training_scheduler(sampling_scheduler_config) -> "FlowMatchEulerDiscreteScheduler":
+    """The reference's training schedule: a flow-match Euler scheduler read from the sampling scheduler's config.
+
+    That config has `flow_shift` but no `shift`, so the training sigmas are unshifted: sigma = (1000 - i) / 1000.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(dict(sampling_scheduler_config))

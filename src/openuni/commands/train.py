@@ -1,0 +1,43 @@
+"""`openuni train CONFIG_OR_PRESET [key=value ...]`: pretrain or finetune; run under `accelerate launch` for many
+devices (the engine - DDP, FSDP, DeepSpeed - is the accelerate config's, see configs/accelerate/)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    from ..training.config import PRESETS
+
+    parser = subparsers.add_parser(
+        "train", help="pretrain or finetune OpenUni (flow matching)",
+        description="Train OpenUni. CONFIG is a preset (" + ", ".join(PRESETS) + ") or a YAML file; settings "
+                    "after it override it, e.g. data.0.path=blip3o.json batch_size=16 max_steps=500.",
+    )
+    parser.add_argument("config", metavar="CONFIG_OR_PRESET")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="a checkpoint directory, 'auto' (default: the newest in output_dir) or 'none'")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..training.config import build_config
+
+    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+    config = build_config(args.config, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    from ..training.trainer import Trainer
+
+    trainer = Trainer(config)
+    losses = trainer.run()
+    if trainer.accelerator.is_main_process:
+        final = trainer.output_dir / "final"
+        print(f"trained {trainer.step} steps (last loss {losses[-1]:.4f}); exported {final / 'pipeline'} and "
+              f"{final / 'openuni.pth'}" if losses else f"nothing to do: already at step {trainer.step}")
+    return 0

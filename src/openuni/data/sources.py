@@ -1,0 +1,182 @@
+"""Readers of image-text data, each yielding `{"caption": str, "image": PIL}` or `{"caption", "latents"}`.
+
+- `JsonImageFolder`: the reference's layout, a JSON list of `{"image": file, "annotation": file}` whose captions sit
+  in per-image `.json` (key `caption` or `prompt`, configurable) or `.txt` files. Random access.
+- `CachedLatents`: the shards `openuni extract-latents` writes. Random access.
+- `WebDatasetShards`: tar shards (local paths or brace-expanded URLs) of image + txt/json, read as a stream.
+
+A sample that cannot be used raises `BadSample`; the stream skips it and counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..errors import OpenUniError
+from .images import BadSample, decode_image
+
+logger = logging.getLogger(__name__)
+
+CAPTION_KEYS = ("caption", "prompt")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+LATENT_SHARD_GLOB = "shard-*.safetensors"
+
+
+def caption_from_json(data: dict, caption_key: str, what: str) -> str:
+    for key in (caption_key, *CAPTION_KEYS):
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    raise BadSample(f"{what}: no non-empty {caption_key!r} in the annotation")
+
+
+class JsonImageFolder:
+    """The reference's layout: `annotations.json` (list of {image, annotation}), images and captions in folders."""
+
+    def __init__(self, path: str | Path, image_dir: str | Path | None = None, annotation_dir: str | Path | None = None,
+                 caption_key: str = "caption"):
+        self.path = Path(path)
+        try:
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise OpenUniError(f"cannot read the dataset index {self.path}: {error}") from None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "image" in e for e in entries):
+            raise OpenUniError(f"{self.path}: expected a JSON list of {{\"image\": ..., \"annotation\": ...}} objects")
+        if not entries:
+            raise OpenUniError(f"{self.path}: the dataset is empty")
+        self.entries = entries
+        self.image_dir = Path(image_dir) if image_dir else self.path.parent
+        self.annotation_dir = Path(annotation_dir) if annotation_dir else self.image_dir
+        self.caption_key = caption_key
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def read_caption(self, entry: dict) -> str:
+        if isinstance(entry.get(self.caption_key), str):  # a caption inline in the index is accepted too
+            return entry[self.caption_key]
+        annotation = entry.get("annotation")
+        if not annotation:
+            raise BadSample(f"{entry['image']}: no annotation file and no inline {self.caption_key!r}")
+        path = self.annotation_dir / annotation
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise BadSample(f"{path}: unreadable caption ({error})") from None
+        if path.suffix == ".json":
+            try:
+                return caption_from_json(json.loads(text), self.caption_key, str(path))
+            except ValueError as error:
+                raise BadSample(f"{path}: invalid JSON ({error})") from None
+        if not text.strip():
+            raise BadSample(f"{path}: empty caption")
+        return text.strip()
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        caption = self.read_caption(entry)
+        path = self.image_dir / entry["image"]
+        return {"caption": caption, "image": decode_image(str(path), str(path)), "key": str(entry["image"])}
+
+
+class CachedLatents:
+    """Latent shards written by `openuni extract-latents`: tensors `latents.{i}` + captions in the metadata."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        shards = sorted(self.path.glob(LATENT_SHARD_GLOB))
+        if not shards:
+            raise OpenUniError(f"{self.path}: no latent shards ({LATENT_SHARD_GLOB}); run `openuni extract-latents`")
+        self.index: list[tuple[Path, int]] = []
+        self.captions: dict[Path, list[str]] = {}
+        for shard in shards:
+            with safe_open(shard, framework="pt") as reader:
+                captions = json.loads(reader.metadata()["captions"])
+            self.captions[shard] = captions
+            self.index.extend((shard, i) for i in range(len(captions)))
+        if not self.index:
+            raise OpenUniError(f"{self.path}: the latent shards hold no samples")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> dict:
+        shard, position = self.index[index]
+        try:
+            with safe_open(shard, framework="pt") as reader:
+                latents = reader.get_tensor(f"latents.{position}")
+        except Exception as error:  # a damaged shard: safetensors raises its own error types
+            raise BadSample(f"{shard}: cannot read latents {position} ({error})") from None
+        return {"caption": self.captions[shard][position], "latents": latents.float(), "key": f"{shard.name}:{position}"}
+
+
+def expand_shards(urls: str | list[str]) -> list[str]:
+    """Brace-expanded shard list ("data/{00000..00099}.tar"), local paths or URLs (anything webdataset opens)."""
+    from webdataset.shardlists import expand_urls
+
+    shards = []
+    for url in [urls] if isinstance(urls, str) else urls:
+        shards.extend(expand_urls(url))
+    if not shards:
+        raise OpenUniError(f"no WebDataset shards in {urls!r}")
+    return shards
+
+
+def webdataset_sample(raw: dict, caption_key: str) -> dict:
+    """A raw WebDataset record (extension -> bytes) as a training sample."""
+    key = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+    image = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+    if image is None:
+        raise BadSample(f"{key}: no image ({'/'.join(IMAGE_EXTENSIONS)}) in the record")
+    if "txt" in raw:
+        caption = raw["txt"].decode("utf-8", errors="replace").strip()
+    elif "json" in raw:
+        try:
+            caption = caption_from_json(json.loads(raw["json"]), caption_key, key)
+        except ValueError as error:
+            raise BadSample(f"{key}: invalid JSON ({error})") from None
+    else:
+        raise BadSample(f"{key}: no caption (txt/json) in the record")
+    if not caption:
+        raise BadSample(f"{key}: empty caption")
+    return {"caption": caption, "image": decode_image(image, key), "key": key}
+
+
+class WebDatasetShards:
+    """Tar shards read in order; `records(shards)` yields raw records, skipping (and counting) broken tar members."""
+
+    def __init__(self, urls: str | list[str], caption_key: str = "caption"):
+        self.shards = expand_shards(urls)
+        self.caption_key = caption_key
+        self.broken_records = 0
+
+    def _count_and_continue(self, error: Exception) -> bool:
+        self.broken_records += 1
+        logger.warning("skipping a broken WebDataset record: %s", error)
+        return True
+
+    def records(self, shards: list[str]):
+        import webdataset as wds
+
+        dataset = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                                 handler=self._count_and_continue, empty_check=False)
+        yield from dataset
+
+    def sample(self, raw: dict) -> dict:
+        return webdataset_sample(raw, self.caption_key)
+
+
+def open_source(kind: str, path: str, **options):
+    """The reader for one configured data source."""
+    if kind == "json":
+        return JsonImageFolder(path, **options)
+    if kind == "latents":
+        return CachedLatents(path, **options)
+    if kind == "webdataset":
+        return WebDatasetShards(path, **options)
+    raise OpenUniError(f"unknown data source kind {kind!r}; use json, webdataset or latents")

@@ -1,0 +1,76 @@
+"""Training checkpoints on disk: written atomically, the last K kept, the latest complete one found again.
+
+A checkpoint is `checkpoints/step-00001000/`: accelerate's state (model, optimiser, LR scheduler, RNG) plus
+`trainer_state.json` (step and counters). It is written as `.step-00001000.partial` and renamed when complete, so
+a crash mid-write leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import OpenUniError
+
+STATE_FILE = "trainer_state.json"
+NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def partial_path(output_dir: str | Path, step: int) -> Path:
+    return checkpoint_root(output_dir) / f".{checkpoint_name(step)}.partial"
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)))
+
+
+def write_trainer_state(directory: Path, state: dict) -> None:
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def read_trainer_state(directory: Path) -> dict:
+    try:
+        return json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise OpenUniError(f"{directory} is not a complete training checkpoint ({error})") from None
+
+
+def publish(output_dir: str | Path, step: int, keep: int) -> Path:
+    """Rename the finished partial checkpoint into place and delete all but the newest `keep`."""
+    final = checkpoint_root(output_dir) / checkpoint_name(step)
+    if final.exists():
+        shutil.rmtree(final)
+    partial_path(output_dir, step).rename(final)
+    for old in complete_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoint_root(output_dir).glob(".step-*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """`auto`: the newest complete checkpoint in the output dir (None when there is none); a path; `none`."""
+    if resume is None or str(resume).lower() in ("none", "false", "no"):
+        return None
+    if str(resume).lower() == "auto":
+        found = complete_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise OpenUniError(f"--resume {resume}: not a complete training checkpoint (no {STATE_FILE})")
+    return path

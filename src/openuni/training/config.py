@@ -1,0 +1,190 @@
+"""Training configuration: one dataclass, presets with the reference's hyper-parameters, `key=value` overrides.
+
+A config file is YAML with the same keys (`preset: pretrain-b-512` at its top starts from a preset). Overrides
+reach nested data sources as `data.0.path=...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import OpenUniError
+from ..variants import VARIANTS
+
+
+@dataclass
+class DataSource:
+    kind: str = "json"  # json (the reference's layout) | webdataset | latents
+    path: str = ""
+    ratio: float = 1.0
+    image_dir: str | None = None  # json: images folder (default: the index file's folder)
+    annotation_dir: str | None = None  # json: caption files folder (default: image_dir)
+    caption_key: str = "caption"  # json/webdataset: key of the caption in .json annotations
+
+
+@dataclass
+class TrainConfig:
+    # model: a variant's Hub components, each overridable by a local path
+    variant: str = "openuni-b-512"
+    mllm: str | None = None
+    tokenizer: str | None = None
+    transformer: str | None = None
+    vae: str | None = None
+    scheduler: str | None = None
+    init_checkpoint: str | None = None  # release .pth to start from; "none" = fresh connector (pretraining)
+    init_stage: str = "pretrain"  # which released weights when init_checkpoint is unset
+    connector_heads: int | None = None
+    connector: dict | None = None  # geometry of a fresh connector other than the variant's
+    # data
+    data: list[DataSource] = field(default_factory=list)
+    resolution: int = 512
+    aspect_buckets: bool = False
+    num_workers: int = 4
+    caption_dropout: float = 0.1
+    max_prompt_tokens: int = 128
+    # optimisation
+    max_steps: int = 100_000
+    batch_size: int = 32  # per device
+    grad_accum: int = 1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.01
+    warmup_start_factor: float = 1e-5
+    grad_clip: float = 1.0
+    mixed_precision: str = "bf16"  # bf16 | fp16 | no
+    seed: int = 42
+    # what trains
+    train_transformer: bool = False  # SANA: frozen in pretraining, trained in finetuning
+    lora_rank: int = 0  # > 0: LoRA adapters on SANA's attention (peft) instead of full finetuning
+    lora_alpha: float | None = None
+    activation_checkpointing: bool = False
+    # outputs
+    output_dir: str = "openuni-training"
+    resume: str | None = "auto"  # auto: the latest complete checkpoint in output_dir; a path; none: start over
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    log_with: str | None = "tensorboard"  # tensorboard | wandb | none
+    sample_every: int = 0  # 0: no sample images
+    sample_prompts: list[str] = field(default_factory=lambda: ["a photo of a cat", "a red cube on a blue sphere"])
+    sample_steps: int = 20
+
+    def check(self) -> None:
+        if self.variant not in VARIANTS:
+            raise OpenUniError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if not self.data:
+            raise OpenUniError("no training data: set `data` in the config (see docs/training.md)")
+        for i, source in enumerate(self.data):
+            if source.kind not in ("json", "webdataset", "latents") or not source.path:
+                raise OpenUniError(f"data.{i}: needs kind json|webdataset|latents and a path, got {source}")
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise OpenUniError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.resolution % 32:
+            raise OpenUniError(f"resolution must be a multiple of 32, got {self.resolution}")
+        if self.mixed_precision not in ("bf16", "fp16", "no"):
+            raise OpenUniError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
+        if not 0 <= self.caption_dropout < 1:
+            raise OpenUniError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Per-GPU batch sizes of the reference configs (wusize/OpenUni configs/datasets/*): 32 at 512 px; at 1024 px 16 in
+# pretraining and 8 in finetuning. The reference trains on 16 (B/L-512) or 32 (L-1024) GPUs in pretraining, 8 in
+# finetuning: with fewer GPUs raise grad_accum to keep the global batch.
+REFERENCE_BATCH = {("pretrain", 512): 32, ("pretrain", 1024): 16, ("finetune", 512): 32, ("finetune", 1024): 8}
+
+
+def _preset(variant: str, stage: str) -> dict:
+    resolution = VARIANTS[variant].resolution
+    common = dict(variant=variant, resolution=resolution, output_dir=f"runs/{stage}-{variant}",
+                  batch_size=REFERENCE_BATCH[stage, resolution], activation_checkpointing=resolution >= 1024)
+    if stage == "pretrain":
+        # SPEC: lr 1e-4, 100k iterations, SANA frozen; the connector starts fresh.
+        return dict(common, init_checkpoint="none", lr=1e-4, max_steps=100_000, train_transformer=False)
+    # SPEC: finetune on BLIP3o-60k from the pretrained release, lr 1e-5, 10k iterations, SANA trained.
+    return dict(common, init_stage="pretrain", lr=1e-5, max_steps=10_000, train_transformer=True,
+                checkpoint_every=1000 if resolution < 1024 else 2000)
+
+
+PRESETS = {f"{stage}-{name.removeprefix('openuni-')}": _preset(name, stage)
+           for stage in ("pretrain", "finetune") for name in VARIANTS}
+
+
+def parse_value(text: str):
+    """`key=value` values are YAML: 1e-4, true, [a, b], null."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(values: dict, key: str, value) -> None:
+    """Set `key` (dotted for nested data sources: data.0.path) in a plain dict of config values."""
+    parts = key.split(".")
+    target = values
+    for part in parts[:-1]:
+        if isinstance(target, list):
+            index = int(part) if part.isdigit() else -1
+            if not 0 <= index <= len(target):
+                raise OpenUniError(f"override {key}: no data source {part} (there are {len(target)})")
+            if index == len(target):
+                target.append({})
+            target = target[index]
+        else:
+            target = target.setdefault(part, [] if part == "data" else {})
+    target[parts[-1]] = value
+
+
+def build_config(source: str, overrides: list[str]) -> TrainConfig:
+    """A preset name or a YAML file, then the `key=value` overrides, checked."""
+    if source in PRESETS:
+        values = dict(PRESETS[source])
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise OpenUniError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise OpenUniError(f"cannot read config {path}: {error}") from None
+        if not isinstance(values, dict):
+            raise OpenUniError(f"{path}: expected a mapping of settings")
+        preset = values.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise OpenUniError(f"{path}: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+            values = {**PRESETS[preset], **values}
+    values["data"] = [dict(d) for d in values.get("data", [])]
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise OpenUniError(f"override {override!r} is not key=value")
+        apply_override(values, key.strip(), parse_value(text))
+    return from_dict(values)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise OpenUniError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    source_fields = {f.name for f in dataclasses.fields(DataSource)}
+    data = []
+    for i, entry in enumerate(values.get("data") or []):
+        if not isinstance(entry, dict) or set(entry) - source_fields:
+            raise OpenUniError(f"data.{i}: unknown keys {sorted(set(entry) - source_fields)}; known: {sorted(source_fields)}")
+        data.append(DataSource(**entry))
+    values = {**values, "data": data}
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    config = TrainConfig(**values)
+    config.check()
+    return config

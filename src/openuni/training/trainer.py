@@ -1,0 +1,270 @@
+"""The training loop on `accelerate.Accelerator`: one loop for one device, DDP, FSDP and DeepSpeed alike.
+
+The engine comes from the accelerate config the run is launched with; nothing here branches on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.collate import stack_latents, tokenize_prompts, training_prompts
+from ..data.images import aspect_buckets
+from ..data.sources import open_source
+from ..data.stream import SampleStream, StreamLayout, sample_generator
+from ..errors import OpenUniError
+from ..model import training_scheduler
+from . import checkpointing
+from .config import TrainConfig
+from .model import TrainableOpenUni, configure_trainable, merge_lora
+from .optim import build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+def load_components(config: TrainConfig, device: torch.device):
+    """The pipeline to train, in float32 (accelerate's autocast does the mixed precision)."""
+    from ..loading import load_pipeline
+
+    init = config.init_checkpoint
+    checkpoint = False if str(init).lower() == "none" else init
+    return load_pipeline(
+        config.variant, stage=config.init_stage, mllm=config.mllm, tokenizer=config.tokenizer,
+        transformer=config.transformer, vae=config.vae, scheduler=config.scheduler, checkpoint=checkpoint,
+        connector_heads=config.connector_heads, connector_config=config.connector, device=device, dtype=torch.float32,
+    )
+
+
+def batch_noise(indices: list[int], latents: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and timestep draws of each sample, fixed by (seed, sample index): independent of batch and rank."""
+    noise, u = [], []
+    for index, sample_latents in zip(indices, latents):
+        noise.append(torch.randn(sample_latents.shape, generator=sample_generator(seed, index, "noise")))
+        u.append(torch.rand(1, generator=sample_generator(seed, index, "timestep")))
+    return torch.stack(noise).to(latents.device), torch.cat(u).to(latents.device)
+
+
+def cpu_only() -> bool:
+    """No accelerator here: accelerate must then be told so to run several processes (gloo) rather than one."""
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+        self.config = config
+        log_with = None if str(config.log_with).lower() in ("none", "") else config.log_with
+        self.accelerator = accelerator or Accelerator(
+            cpu=cpu_only(),
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False),
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
+        )
+        self.output_dir = Path(config.output_dir)
+        self.sources = [open_source(s.kind, s.path, **self.source_options(s)) for s in config.data]
+        self.pipe = load_components(config, self.accelerator.device)
+        self.model = self.pipe.model
+        self.lower_frozen_precision()
+        configure_trainable(self.model, config.train_transformer, config.lora_rank, config.lora_alpha,
+                            config.activation_checkpointing)
+        self.trainable = TrainableOpenUni(self.model, training_scheduler(self.pipe.scheduler.config))
+        try:
+            self.optimizer = build_optimizer(self.trainable, config.lr, config.betas, config.weight_decay)
+        except ValueError as error:
+            raise OpenUniError(str(error)) from None
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, config.max_steps, config.warmup_ratio,
+                                               config.warmup_start_factor)
+        self.fill_deepspeed_config()
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, self.optimizer)
+        # Stepped once per optimisation step by us (accelerate would step a prepared one once per process).
+        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+        self.step = 0
+        self.skipped_samples = 0
+        self.losses: list[float] = []
+
+    def fill_deepspeed_config(self) -> None:
+        """What accelerate needs from us under DeepSpeed: we prepare no DataLoader for it to read the batch size
+        from, and accumulation and clipping are DeepSpeed's to do there."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None:
+            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=self.config.batch_size,
+                                           gradient_accumulation_steps=self.config.grad_accum,
+                                           gradient_clipping=self.config.grad_clip)
+
+    def lower_frozen_precision(self) -> None:
+        """Keep the frozen MLLM and VAE in bf16/fp16 under mixed precision: they never need fp32 master weights."""
+        precision = self.config.mixed_precision
+        if precision != "no" and self.accelerator.device.type != "cpu":
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            self.model.mllm.to(dtype)
+            self.model.vae.to(dtype)
+
+    # -- data -------------------------------------------------------------------------------------------------------
+
+    def sample_stream(self) -> DataLoader:
+        config, acc = self.config, self.accelerator
+        layout = StreamLayout(config.seed, config.batch_size, config.grad_accum, acc.process_index, acc.num_processes)
+        buckets = aspect_buckets(config.resolution) if config.aspect_buckets else None
+        stream = SampleStream(self.sources, [s.ratio for s in config.data], layout, self.step, config.resolution, buckets)
+        return DataLoader(stream, batch_size=None, num_workers=config.num_workers,
+                          persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+
+    @staticmethod
+    def source_options(source) -> dict:
+        if source.kind == "json":
+            return dict(image_dir=source.image_dir, annotation_dir=source.annotation_dir, caption_key=source.caption_key)
+        if source.kind == "webdataset":
+            return dict(caption_key=source.caption_key)
+        return {}
+
+    def micro_batches(self, loader):
+        batch = []
+        for sample in loader:
+            batch.append(sample)
+            if len(batch) == self.config.batch_size:
+                yield batch
+                batch = []
+
+    def model_inputs(self, samples: list[dict]) -> dict:
+        config, device = self.config, self.accelerator.device
+        indices = [s["index"] for s in samples]
+        prompts = training_prompts([s["caption"] for s in samples], indices, config.seed, config.caption_dropout)
+        input_ids, attention_mask = tokenize_prompts(self.pipe.tokenizer, prompts, config.max_prompt_tokens)
+        with torch.no_grad():
+            latents = stack_latents(samples, lambda pixels: self.model.pixels_to_latents(pixels.to(device))).to(device)
+        noise, u = batch_noise(indices, latents, config.seed)
+        return dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), latents=latents,
+                    noise=noise, u=u)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        found = checkpointing.resolve_resume(self.config.resume, self.output_dir)
+        if found is None:
+            return
+        state = checkpointing.read_trainer_state(found)
+        self.accelerator.load_state(str(found))
+        self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
+        self.losses = state.get("losses", [])
+        self.accelerator.print(f"resumed from {found} at step {self.step}")
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        partial = checkpointing.partial_path(self.output_dir, self.step)
+        acc.save_state(str(partial))
+        if acc.is_main_process:
+            checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
+                                                            losses=self.losses, config=self.config.to_dict()))
+            checkpointing.publish(self.output_dir, self.step, self.config.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def export(self, directory: Path) -> None:
+        """The trained weights as a loadable pipeline (`pipeline/`) and as a release-style `openuni.pth`."""
+        from ..checkpoints import save_release
+        from ..pipeline import OpenUniPipeline
+
+        # Every process takes part: under FSDP/ZeRO this gathers the shards.
+        state = self.accelerator.get_state_dict(self.wrapped)
+        if not self.accelerator.is_main_process:
+            return
+        config, trainable = self.config, self.accelerator.unwrap_model(self.wrapped)
+        connector = type(trainable.connector).from_config(trainable.connector.config)
+        connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
+        transformer_state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+        if config.lora_rank:
+            transformer_state = merge_lora(transformer_state, (config.lora_alpha or config.lora_rank) / config.lora_rank)
+        transformer = type(trainable.transformer).from_config(trainable.transformer.config)
+        transformer.load_state_dict(transformer_state)
+        trained_transformer = config.train_transformer or config.lora_rank > 0
+        save_release(connector, transformer if trained_transformer else None, directory / "openuni.pth")
+        mllm, vae = trainable.frozen
+        OpenUniPipeline(self.pipe.tokenizer, mllm, connector, transformer, vae, self.pipe.scheduler).save_pretrained(
+            directory / "pipeline")
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def train_step(self, micro_batches) -> float:
+        """One optimisation step over `grad_accum` micro-batches; returns the mean loss of the global batch."""
+        acc, total = self.accelerator, torch.zeros((), device=self.accelerator.device)
+        for _ in range(self.config.grad_accum):
+            samples = next(micro_batches)
+            self.skipped_samples += sum(s["skipped"] for s in samples)
+            with acc.accumulate(self.wrapped), acc.autocast():
+                loss = self.wrapped(**self.model_inputs(samples)).mean()
+                acc.backward(loss)
+                if acc.sync_gradients and self.config.grad_clip > 0:
+                    acc.clip_grad_norm_(self.wrapped.parameters(), self.config.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach().float()
+        self.lr_scheduler.step()
+        return acc.reduce(total / self.config.grad_accum, reduction="mean").item()
+
+    def run(self) -> list[float]:
+        from tqdm.auto import tqdm
+
+        config, acc = self.config, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        if acc.log_with:
+            acc.init_trackers("openuni", config={k: v for k, v in config.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+        micro_batches = self.micro_batches(self.sample_stream())
+        images_per_step = config.batch_size * config.grad_accum * acc.num_processes
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="training")
+        started, first_step = time.perf_counter(), self.step
+        while self.step < config.max_steps:
+            loss = self.train_step(micro_batches)
+            self.step += 1
+            self.losses.append(loss)
+            images_per_second = images_per_step * (self.step - first_step) / (time.perf_counter() - started)
+            lr = self.lr_scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.1f}", skipped=self.skipped_samples)
+            if self.step % config.log_every == 0:
+                acc.log({"loss": loss, "lr": lr, "images_per_second": images_per_second,
+                         "skipped_samples": self.skipped_samples}, step=self.step)
+            if config.sample_every and self.step % config.sample_every == 0:
+                self.write_samples()
+            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.export(self.output_dir / "final")
+        acc.end_training()
+        if self.skipped_samples:
+            logger.warning("%d unusable samples were skipped during training", self.skipped_samples)
+        return self.losses
+
+    @torch.no_grad()
+    def write_samples(self) -> None:
+        """A grid of the sample prompts at this step, saved and sent to TensorBoard (main process)."""
+        from ..images import image_grid
+        from ..pipeline import OpenUniPipeline
+
+        if not self.accelerator.is_main_process or not self.config.sample_prompts:
+            return
+        trainable = self.accelerator.unwrap_model(self.wrapped)
+        mllm, vae = trainable.frozen
+        pipe = OpenUniPipeline(self.pipe.tokenizer, mllm, trainable.connector, trainable.transformer, vae,
+                               type(self.pipe.scheduler).from_config(self.pipe.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        size = self.config.resolution
+        with self.accelerator.autocast():
+            images = pipe(self.config.sample_prompts, height=size, width=size, num_inference_steps=self.config.sample_steps,
+                          seed=0, output_type="pil").images
+        path = self.output_dir / "samples" / f"step-{self.step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images).save(path)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                import numpy as np
+
+                tracker.writer.add_images("samples", np.stack([np.asarray(i) for i in images]), self.step, dataformats="NHWC")

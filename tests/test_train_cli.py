@@ -1,0 +1,77 @@
+"""`openuni train`: presets, YAML configs with overrides, logging, samples, export loaded by `openuni generate`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from conftest import tiny_cli_args
+from training_helpers import OneThread, reset_accelerate, tiny_train_values, write_json_dataset
+
+
+def run_cli(*args) -> int:
+    from openuni.cli import main
+
+    reset_accelerate()
+    with OneThread():
+        try:
+            return main([str(a) for a in args])
+        finally:
+            reset_accelerate()
+
+
+def test_train_from_a_config_file_logs_samples_and_exports_for_generate(tiny, tmp_path, capsys):
+    from openuni.training import checkpointing
+
+    data = write_json_dataset(tmp_path / "data", count=4)
+    values = tiny_train_values(tiny, data, tmp_path / "run", max_steps=2, checkpoint_every=1, keep_checkpoints=1)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(values))
+    code = run_cli("train", config, "log_with=tensorboard", "sample_every=2", "sample_steps=2",
+                   "mixed_precision=bf16", "activation_checkpointing=true", "train_transformer=true")
+    assert code == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    assert [p.name for p in checkpointing.complete_checkpoints(run)] == ["step-00000002"]  # keep the last 1
+    losses = checkpointing.read_trainer_state(run / "checkpoints" / "step-00000002")["losses"]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    assert (run / "samples" / "step-00000002.png").is_file()
+
+    args = tiny_cli_args(tiny)
+    args[args.index("--checkpoint") + 1] = str(run / "final" / "openuni.pth")
+    image = tmp_path / "out.png"
+    assert run_cli("generate", "a green disc", "--steps", 2, "--height", 64, "--width", 64, "-o", image, *args) == 0
+    assert image.is_file()
+
+
+def test_print_config_resolves_presets_and_overrides(capsys):
+    assert run_cli("train", "finetune-l-1024", "data.0.path=blip3o.json", "batch_size=8", "--print-config") == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["lr"] == 1e-5 and config["max_steps"] == 10_000 and config["train_transformer"] is True
+    assert config["resolution"] == 1024 and config["batch_size"] == 8 and config["data"][0]["path"] == "blip3o.json"
+    assert run_cli("train", "pretrain-b-512", "data.0.path=x", "--print-config") == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["lr"] == 1e-4 and config["max_steps"] == 100_000 and config["train_transformer"] is False
+    assert config["init_checkpoint"] == "none" and config["betas"] == [0.9, 0.95] and config["weight_decay"] == 0.05
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain-b-512"], "no training data"),
+    (["pretrain-b-512", "data.0.path=x", "learning_rate=1"], "unknown setting 'learning_rate'"),
+    (["pretrain-b-512", "data.3.path=x"], "no data source 3"),
+    (["pretrain-b-512", "data.0.path=x", "batch_size"], "not key=value"),
+    (["pretrain-b-512", "data.0.path=x", "resolution=500"], "multiple of 32"),
+    (["no-such-preset"], "neither a preset"),
+])
+def test_bad_configs_fail_with_one_clear_line(args, message, capsys):
+    assert run_cli("train", *args, "--print-config") == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_fails_before_the_model_loads(tmp_path, capsys):
+    code = run_cli("train", "finetune-b-512", f"data.0.path={tmp_path / 'missing.json'}", f"output_dir={tmp_path}",
+                   "log_with=none", "mllm=/nonexistent/mllm")
+    assert code == 2
+    assert "cannot read the dataset index" in capsys.readouterr().err

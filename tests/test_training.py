@@ -1,0 +1,178 @@
+"""The trainer on the tiny model: what trains, that it learns, resume, export, caption handling."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from training_helpers import OneThread, reset_accelerate, tiny_train_config, write_json_dataset, write_latent_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_json_dataset(tmp_path_factory.mktemp("json-data"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    reset_accelerate()
+    with OneThread():
+        yield
+    reset_accelerate()
+
+
+def snapshot(trainer) -> dict[str, torch.Tensor]:
+    model = trainer.model
+    parts = {"mllm": model.mllm, "vae": model.vae, "connector": model.connector, "transformer": model.transformer}
+    return {f"{part}.{name}": p.detach().clone() for part, module in parts.items() for name, p in module.named_parameters()}
+
+
+def should_train(name: str, setting: dict) -> bool:
+    if name.startswith("connector."):
+        return True
+    if name.startswith("transformer."):
+        return "lora_" in name if setting.get("lora_rank") else setting["train_transformer"]
+    return False  # the MLLM and the VAE never train
+
+
+@pytest.mark.parametrize("setting", [
+    dict(train_transformer=False), dict(train_transformer=True), dict(train_transformer=True, lora_rank=4),
+], ids=["pretrain", "finetune", "lora"])
+def test_one_step_changes_exactly_the_trainable_parameters(tiny, data, tmp_path, setting):
+    from openuni.training.trainer import Trainer
+
+    trainer = Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=1, warmup_ratio=0, **setting))
+    before = snapshot(trainer)
+    trainer.run()
+    after = snapshot(trainer)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if should_train(name, setting)}
+
+
+def test_loss_falls_on_a_tiny_fixed_set(tiny, tmp_path):
+    from openuni.training.trainer import Trainer
+
+    latents = write_latent_dataset(tmp_path / "latents")
+    config = tiny_train_config(tiny, latents, tmp_path / "run", data=[dict(kind="latents", path=str(latents))],
+                               max_steps=24, batch_size=4, train_transformer=True, lr=3e-3, warmup_ratio=0.05)
+    losses = Trainer(config).run()
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss did not fall: first steps {first:.3f}, last steps {last:.3f}"
+
+
+def test_resume_after_a_kill_continues_the_same_loss_curve(tiny, data, tmp_path):
+    """A killed run leaves its last complete checkpoint and maybe a torn one; resuming reproduces the rest."""
+    from openuni.training import checkpointing
+    from openuni.training.trainer import Trainer
+
+    settings = dict(max_steps=6, checkpoint_every=2, keep_checkpoints=5, train_transformer=True)
+    uninterrupted = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", **settings)).run()
+    reset_accelerate()
+
+    # What a kill during step 5 leaves on disk: checkpoints of steps 2 and 4, and a half-written one of step 6.
+    killed = tmp_path / "killed"
+    for step in (2, 4):
+        source = checkpointing.checkpoint_root(tmp_path / "whole") / checkpointing.checkpoint_name(step)
+        shutil.copytree(source, checkpointing.checkpoint_root(killed) / source.name)
+    torn = checkpointing.partial_path(killed, 6)
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"half")
+    assert [p.name for p in checkpointing.complete_checkpoints(killed)] == ["step-00000002", "step-00000004"]
+
+    resumed = Trainer(tiny_train_config(tiny, data, killed, **settings))
+    losses = resumed.run()
+    print("resume max abs loss diff:", max(abs(a - b) for a, b in zip(losses, uninterrupted)))
+    assert len(losses) == len(uninterrupted) == 6
+    assert losses[4:] == pytest.approx(uninterrupted[4:], rel=1e-6, abs=1e-7)
+    assert not torn.exists()
+
+
+def test_export_loads_in_the_pipeline_and_as_a_release_checkpoint(tiny, data, tmp_path):
+    from conftest import load_tiny_pipeline
+    from openuni.pipeline import OpenUniPipeline
+    from openuni.training.trainer import Trainer
+
+    trainer = Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=2, train_transformer=True, lora_rank=2))
+    trainer.run()
+    final = tmp_path / "final"
+    saved = OpenUniPipeline.from_pretrained(final / "pipeline")
+    released = load_tiny_pipeline(tiny, checkpoint=final / "openuni.pth")
+    trained = trainer.accelerator.unwrap_model(trainer.wrapped)
+    for pipe in (saved, released):
+        for name, tensor in trained.connector.state_dict().items():
+            assert torch.equal(pipe.connector.state_dict()[name], tensor), name
+    assert torch.equal(saved.transformer.state_dict()["transformer_blocks.0.attn1.to_q.weight"],
+                       released.transformer.state_dict()["transformer_blocks.0.attn1.to_q.weight"])
+    # The LoRA adapters are merged: the exported SANA computes what the adapted one does.
+    generator = torch.Generator().manual_seed(0)
+    latents, captions = torch.randn(1, 8, 2, 2, generator=generator), torch.randn(1, 8, 48, generator=generator)
+    with torch.no_grad():
+        live, exported = (t(latents, encoder_hidden_states=captions, timestep=torch.tensor([500.0]), return_dict=False)[0]
+                          for t in (trained.transformer, released.transformer))
+    lora_delta = [v for k, v in trained.transformer.state_dict().items() if "lora_B" in k]
+    assert any(v.abs().max() > 0 for v in lora_delta), "LoRA did not train"
+    torch.testing.assert_close(exported, live, atol=1e-5, rtol=1e-5)
+    images = released(["a green disc"], num_inference_steps=2, seed=0, output_type="np").images
+    assert images.shape == (1, 64, 64, 3)
+
+
+def test_a_real_kill_mid_run_resumes_onto_the_uninterrupted_curve(tiny, data, tmp_path):
+    """SIGKILL a training process right after a checkpoint appears; resuming gives the uninterrupted losses."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from openuni.training import checkpointing
+    from openuni.training.trainer import Trainer
+    from training_helpers import tiny_train_values
+
+    settings = dict(max_steps=60, checkpoint_every=3, keep_checkpoints=2)
+    killed_dir = tmp_path / "killed"
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_train_values(tiny, data, killed_dir, **settings)))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "openuni.cli", "train", str(config_file)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not checkpointing.complete_checkpoints(killed_dir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_dir / "final").exists()
+    killed_at = checkpointing.read_trainer_state(checkpointing.complete_checkpoints(killed_dir)[-1])["step"]
+    assert killed_at < settings["max_steps"]
+
+    uninterrupted = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", **settings)).run()
+    reset_accelerate()
+    resumed = Trainer(tiny_train_config(tiny, data, killed_dir, **settings)).run()
+    print(f"killed after step {killed_at}; resume max abs loss diff:",
+          max(abs(a - b) for a, b in zip(resumed, uninterrupted)))
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7)
+
+
+def test_weight_decay_reaches_only_matrices_and_the_schedule_warms_up_then_decays(tiny_pipe):
+    import math
+
+    from openuni.training.optim import parameter_groups, warmup_cosine_factor
+
+    decay, no_decay = parameter_groups(tiny_pipe.connector.requires_grad_(True), 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and all(p.ndim >= 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.ndim < 2 for p in no_decay["params"])
+    tiny_pipe.connector.requires_grad_(False)
+
+    factor = [warmup_cosine_factor(step, 1000, 10, 1e-5) for step in range(1001)]
+    assert factor[0] == pytest.approx(1e-5) and factor[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factor[:10], factor[1:11]))  # linear warmup
+    assert factor[505] == pytest.approx(0.5) and factor[1000] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(factor[10:], factor[11:]))  # cosine decay
+    assert factor[257] == pytest.approx(0.5 * (1 + math.cos(math.pi * 247 / 990)))

@@ -1,0 +1,117 @@
+"""Tiny datasets in the real layouts and training configs on the tiny model, shared by the training tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+CAPTIONS = ["a red square on a blue background", "a green disc", "two yellow stripes", "a white cross on black",
+            "a purple triangle", "an orange ring", "a grey checkerboard", "a pink dot in a corner"]
+
+
+def synthetic_image(index: int, width: int = 80, height: int = 64) -> PIL.Image.Image:
+    rng = np.random.default_rng(index)
+    array = np.zeros((height, width, 3), dtype=np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    array[top:top + height // 3, left:left + width // 3] = rng.integers(0, 255, 3, dtype=np.uint8)
+    return PIL.Image.fromarray(array)
+
+
+def write_json_dataset(root: Path, count: int = 8, corrupt: tuple[int, ...] = (), no_caption: tuple[int, ...] = ()) -> Path:
+    """The reference's layout: index.json + images + per-image .json/.txt captions (alternating)."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(count):
+        image_name, caption_name = f"{i:04d}.png", f"{i:04d}.{'json' if i % 2 else 'txt'}"
+        if i in corrupt:
+            (root / image_name).write_bytes(b"this is not a png")
+        else:
+            synthetic_image(i).save(root / image_name)
+        caption = CAPTIONS[i % len(CAPTIONS)]
+        if i in no_caption:
+            caption = ""
+        (root / caption_name).write_text(json.dumps({"caption": caption}) if caption_name.endswith("json") else caption)
+        entries.append({"image": image_name, "annotation": caption_name})
+    (root / "index.json").write_text(json.dumps(entries))
+    return root / "index.json"
+
+
+def write_webdataset(root: Path, shards: int = 2, per_shard: int = 3, corrupt: tuple[int, ...] = ()) -> str:
+    import io
+
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for shard in range(shards):
+        with wds.TarWriter(str(root / f"part-{shard:05d}.tar")) as writer:
+            for _ in range(per_shard):
+                buffer = io.BytesIO()
+                synthetic_image(index).save(buffer, format="PNG")
+                image = b"\x00garbage" if index in corrupt else buffer.getvalue()
+                writer.write({"__key__": f"{index:06d}", "png": image, "txt": CAPTIONS[index % len(CAPTIONS)]})
+                index += 1
+    return str(root / f"part-{{00000..{shards - 1:05d}}}.tar")
+
+
+def tiny_train_values(tiny, data_path: Path, output_dir: Path, **overrides) -> dict:
+    values = dict(
+        mllm=str(tiny.mllm), transformer=str(tiny.transformer), vae=str(tiny.vae), scheduler=str(tiny.scheduler),
+        init_checkpoint=str(tiny.checkpoint), connector_heads=tiny.connector_heads,
+        data=[dict(kind="json", path=str(data_path))], resolution=64, num_workers=0, batch_size=2, max_steps=4,
+        lr=1e-3, warmup_ratio=0.25, mixed_precision="no", log_with="none", output_dir=str(output_dir),
+        checkpoint_every=100, sample_every=0, seed=7,
+    )
+    values.update(overrides)
+    return values
+
+
+def tiny_train_config(tiny, data_path: Path, output_dir: Path, **overrides):
+    from openuni.training.config import from_dict
+
+    return from_dict(tiny_train_values(tiny, data_path, output_dir, **overrides))
+
+
+def reset_accelerate() -> None:
+    """Each in-process Trainer builds its own Accelerator; accelerate keeps process-wide singletons between them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def shuffled(items, seed=0):
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def write_latent_dataset(root: Path, count: int = 4, seed: int = 0) -> Path:
+    """A cached-latents folder as `openuni extract-latents` writes it, with unit-variance latents of the tiny SANA."""
+    import torch
+
+    from openuni.data.latent_cache import shard_path, write_shard
+
+    root.mkdir(parents=True, exist_ok=True)
+    latents = torch.randn(count, 8, 2, 2, generator=torch.Generator().manual_seed(seed))
+    write_shard(shard_path(root, 0), list(latents), CAPTIONS[:count], [f"k{i}" for i in range(count)], 0)
+    return root
+
+
+class OneThread:
+    """Torch on one thread: the tiny models are far faster so on a shared machine than with oversubscribed threads."""
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.previous)
