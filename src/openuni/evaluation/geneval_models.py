@@ -40,7 +40,13 @@ class Mask2FormerDetector:
     """image -> {GenEval class name: candidate detections}; class i of the COCO model is line i of object_names."""
 
     def __init__(self, checkpoint: str = DEFAULT_DETECTOR, class_names: list[str] | None = None, device: str = "cpu"):
+        import importlib.util
+
         from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
+
+        if importlib.util.find_spec("scipy") is None:
+            raise OpenUniError("GenEval scoring needs scipy (transformers' Mask2Former uses it): "
+                               "pip install 'openuni[eval]'")
 
         self.model = _load(Mask2FormerForUniversalSegmentation.from_pretrained, checkpoint, "detector", "--detector")
         self.model.to(device).eval()
