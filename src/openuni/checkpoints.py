@@ -48,7 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise OpenUniError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _load_tensors(path)
     except pickle.UnpicklingError as error:
         raise OpenUniError(
             f"refusing to load {path}: it holds Python objects other than tensors, which could run code "
@@ -61,6 +61,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OpenUniError(f"{path} is not a state dict of tensors (found {type(state).__name__})")
     return state
+
+
+def _load_tensors(path: Path):
+    """Memory-mapped where the file allows it; files in torch's legacy (pre-zip) format cannot be mapped."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap can only be used" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def split_release(state: dict[str, torch.Tensor]) -> tuple[dict, dict, LoadReport]:
