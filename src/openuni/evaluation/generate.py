@@ -75,6 +75,17 @@ def is_complete_image(path: Path) -> bool:
         return False
 
 
+def read_output_image(path: Path) -> PIL.Image.Image:
+    """An output image as RGB for scoring; a damaged one (an interrupted run) is an error that says what to do."""
+    from ..images import load_image
+
+    try:
+        return load_image(path, min_side=1)
+    except OpenUniError as error:
+        raise OpenUniError(f"{error}: run the same `openuni eval` generation again (it redoes damaged images), "
+                           "then score") from None
+
+
 def is_finished(benchmark: str, output: Path, prompt: BenchmarkPrompt) -> bool:
     texts_done = all(path.is_file() for path in side_files(benchmark, output, prompt))
     return texts_done and all(is_complete_image(path) for path in image_files(benchmark, output, prompt))
