@@ -91,6 +91,19 @@ def _model_description(args: argparse.Namespace) -> dict:
     return parts
 
 
+def process_device(requested: str | None, launcher_device) -> str:
+    """Where this process runs. A device without an index ("cuda") means this process's own one from the launcher
+    (cuda:<local rank>), not device 0 for every process; an explicit index is taken as given."""
+    import torch
+
+    if requested is None:
+        return str(launcher_device)
+    device = torch.device(requested)
+    if device.index is None and device.type == torch.device(launcher_device).type:
+        return str(launcher_device)
+    return requested
+
+
 def run_generate(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
@@ -104,8 +117,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prompts = LOADERS[args.benchmark](args.prompts)
     # On CPU, accelerate joins the processes of a launcher (torchrun, accelerate launch) only when told so.
     state = PartialState(cpu=(args.device or "cuda").startswith("cpu") or not torch.cuda.is_available())
-    if args.device is None:
-        args.device = str(state.device)
+    args.device = process_device(args.device, state.device)
     pipe = pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.default_resolution
