@@ -8,7 +8,6 @@ A release file is a `torch.save`d state dict of the reference model: `meta_queri
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import OpenUniError
+from .files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,4 @@ def save_release(connector: nn.Module, transformer: nn.Module | None, path: str 
     state = {k: v.detach().cpu().contiguous() for k, v in connector.state_dict().items()}
     if transformer is not None:
         state.update({TRANSFORMER_PREFIX + k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    write_atomically(Path(path), lambda partial: torch.save(state, partial))

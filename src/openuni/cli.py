@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
 from .errors import OpenUniError
+from .files import save_image_atomically  # noqa: F401  (a shared helper of the commands, kept importable here)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -124,14 +124,6 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
     for name in ("steps", "num_images", "batch_size"):
         if getattr(args, name) < 1:
             raise OpenUniError(f"--{name.replace('_', '-')} must be at least 1")
-
-
-def save_image_atomically(image, path: Path) -> None:
-    """Write next to the target and rename, so an interrupted run never leaves a truncated image behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    image.save(partial, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
-    os.replace(partial, path)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------
