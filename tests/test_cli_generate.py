@@ -33,6 +33,7 @@ def test_prompts_file_several_images_and_grid(tiny, tmp_path):
     assert sorted(p.name for p in folder.glob("*.png")) == [f"{p:05d}-{k:02d}.png" for p in range(3) for k in range(2)]
     index = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     assert [e["prompt"] for e in index[::2]] == ["a boat", "a red cube", "two birds"]
+    assert [e["seed"] for e in index[:2]] == [42, 43]  # image k of a prompt is made from seed + k
 
     grid_folder = tmp_path / "grid"
     assert main(["generate", "a boat", "--num-images", "4", "--grid", "--output", str(grid_folder), *FAST,
@@ -83,3 +84,33 @@ def test_argparse_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a", "--variant", "openuni-xxl"])
     assert exit_info.value.code == 2
+
+
+def test_numbered_files_get_their_own_index(tiny, tmp_path):
+    """`-o x.png` with several images: x-*.png plus x-metadata.jsonl, never a bare metadata.jsonl beside them."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text("the user's own file\n")
+    assert main(["generate", "a boat", "a dog", "--seed", "5", "--output", str(folder / "x.png"), *FAST,
+                 *tiny_cli_args(tiny)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.jsonl", "x-00000-00.png", "x-00001-00.png",
+                                                        "x-metadata.jsonl"]
+    assert (folder / "metadata.jsonl").read_text() == "the user's own file\n"
+    index = [json.loads(line) for line in (folder / "x-metadata.jsonl").read_text().splitlines()]
+    assert [(e["prompt"], e["seed"], e["file"]) for e in index] == [
+        ("a boat", 5, str(folder / "x-00000-00.png")), ("a dog", 5, str(folder / "x-00001-00.png"))]
+
+
+def test_the_index_is_current_after_every_batch(tmp_path):
+    """An interrupted run keeps the records of the images it finished."""
+    from openuni.commands.generate import OutputWriter, output_paths
+
+    output = tmp_path / "out"
+    writer = OutputWriter(output, output_paths(output, 2, 2), num_images=2, grid=False, seed=10)
+    images = [PIL.Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
+    writer.save(images, [(0, {"prompt": "first"})])
+    index = [json.loads(line) for line in (output / "metadata.jsonl").read_text().splitlines()]
+    assert [(e["prompt"], e["seed"]) for e in index] == [("first", 10), ("first", 11)]
+    assert sorted(p.name for p in output.glob("*.png")) == ["00000-00.png", "00000-01.png"]
+    writer.save(images, [(1, {"prompt": "second"})])
+    assert len((output / "metadata.jsonl").read_text().splitlines()) == 4

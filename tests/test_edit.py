@@ -142,6 +142,7 @@ def test_cli_edits_pairs_from_a_file(tiny, tmp_path):
     assert written == ["00000-00.png", "00000-01.png", "00001-00.png", "00001-01.png"]
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["instruction"] for r in records] == ["make it blue"] * 2 + ["add a hat"] * 2
+    assert [r["seed"] for r in records] == [42, 43] * 2  # image k of an edit is made from seed + k
     assert PIL.Image.open(out / "00000-00.png").size != PIL.Image.open(out / "00001-00.png").size
 
 

@@ -113,3 +113,12 @@ def test_score_folder_skips_images_without_questions(tmp_path):
     assert list(results) == ["5"] and skipped == ["6"] and results["5"]["score"] == 0.25
     with pytest.raises(OpenUniError):
         dpg.score_folder(tmp_path / "empty", questions, TileJudge({}))
+
+
+def test_a_truncated_image_is_a_clear_error(tmp_path):
+    grid_image().save(tmp_path / "5.png")
+    data = (tmp_path / "5.png").read_bytes()
+    (tmp_path / "5.png").write_bytes(data[: len(data) // 2])  # as an interrupted external write leaves it
+    questions = {"5": ItemQuestions({1: "is there a cat?"}, {1: "entity - whole (cat)"}, {1: [0]})}
+    with pytest.raises(OpenUniError, match="5.png is corrupt or truncated.*generation again"):
+        dpg.score_folder(tmp_path, questions, TileJudge({}))

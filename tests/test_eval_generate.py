@@ -191,3 +191,13 @@ def test_cli_generates_and_reports_bad_input(tiny, tmp_path, capsys):
     assert "none.csv: no such file" in capsys.readouterr().err
     assert main(["eval", "score", "geneval", str(out)]) == 2
     assert "no GenEval samples" in capsys.readouterr().err
+
+
+def test_each_launched_process_takes_its_own_device():
+    from openuni.commands.eval import process_device
+
+    rank_3 = torch.device("cuda", 3)  # what accelerate gives the process of local rank 3
+    assert process_device(None, rank_3) == "cuda:3"
+    assert process_device("cuda", rank_3) == "cuda:3"  # not cuda:0 for all eight processes
+    assert process_device("cuda:1", rank_3) == "cuda:1"  # an explicit index is the user's choice
+    assert process_device("cpu", torch.device("cpu")) == "cpu"

@@ -126,3 +126,12 @@ def test_masked_crop_paints_the_background_grey_and_box_from_mask():
     crop = np.asarray(masked_crop(PIL.Image.new("RGB", (30, 20), "red"), Detection(mask_box(mask), 0.9, mask)))
     assert crop.shape == (5, 8, 3)
     assert tuple(crop[0, 0]) == (255, 0, 0) and tuple(crop[0, 5]) == (0x99, 0x99, 0x99)
+
+
+def test_score_image_refuses_a_truncated_file_clearly(tmp_path):
+    image_path = tmp_path / "0000.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image_path)
+    image_path.write_bytes(image_path.read_bytes()[:300])
+    metadata = {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}
+    with pytest.raises(OpenUniError, match="0000.png is corrupt or truncated.*generation again"):
+        geneval.score_image(image_path, metadata, lambda image: {}, fixed_colors())

@@ -82,3 +82,9 @@ def test_score_folder_and_report(tmp_path):
     assert summary["generation"] == {"seed": 42, "steps": 20} and summary["scoring_elapsed_s"] == 1.2
     text = md_path.read_text()
     assert "PROXY" in text and "CULTURE" in text and "seed: 42" in text
+
+
+def test_a_damaged_image_is_a_clear_error(tmp_path):
+    (tmp_path / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest")
+    with pytest.raises(OpenUniError, match="1.png.*generation again"):
+        wise.score_folder(tmp_path, [BenchmarkPrompt("1", "a good prompt", {})], FixedJudge())

@@ -135,3 +135,12 @@ def test_size_like_keeps_aspect_in_multiples():
     assert abs(width / height - 4 / 3) < 0.1 and abs(width * height - 512 * 512) / 512**2 < 0.1
     assert size_like((10000, 10), 64, 32) == (32, 128)  # the ratio is capped at 4:1
     assert size_like((10, 10000), 32, 32) == (64, 32)  # and never below one multiple
+
+
+def test_opened_but_truncated_pil_image(tmp_path):
+    """A PIL image handed over by a caller may still hold undecoded, damaged pixel data."""
+    path = tmp_path / "cut.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(OpenUniError, match="corrupt or truncated"):
+        load_image(PIL.Image.open(path))

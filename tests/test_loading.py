@@ -57,6 +57,15 @@ def test_nested_and_full_state_dicts_load(tiny, tmp_path):
     assert torch.equal(pipe.connector.meta_queries, torch.load(tiny.checkpoint, weights_only=True)["meta_queries"])
 
 
+def test_legacy_format_release_file_loads(tiny, tmp_path):
+    """torch's pre-zip format cannot be memory-mapped; it is still a valid release file."""
+    state = torch.load(tiny.checkpoint, weights_only=True)
+    legacy = tmp_path / "legacy.pth"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    loaded = read_state_dict(legacy)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda s: {k: v for k, v in s.items() if k != "connector.layers.1.mlp.fc2.bias"}, "connector.layers.1.mlp.fc2.bias"),
     (lambda s: {**s, "connector.layers.0.self_attn.q_proj.weight": torch.zeros(64, 32)}, "q_proj.weight.*shape"),

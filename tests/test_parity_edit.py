@@ -7,7 +7,6 @@ what is compared is what the pipeline really computes.
 
 from __future__ import annotations
 
-import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -23,21 +22,8 @@ PIXEL_TOLERANCE = dict(atol=1e-7, rtol=0)  # input pixel tensors
 
 
 @pytest.fixture(scope="module")
-def golden():
+def golden():  # here only the expected tensors (conftest's `golden` also carries cases and the comparison)
     return torch.load(PARITY_DIR / "expected.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def parity_pipe():
-    from openuni.loading import load_pipeline
-
-    P = PARITY_DIR
-    pipe = load_pipeline(
-        "openuni-b-512", mllm=P / "mllm", tokenizer=P / "tokenizer", transformer=P / "transformer", vae=P / "vae",
-        scheduler=P / "scheduler", checkpoint=P / "openuni_tiny.pth", connector_heads=4, device="cpu",
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def report(name: str, got: torch.Tensor, want: torch.Tensor, mask: torch.Tensor | None = None, **tolerance):

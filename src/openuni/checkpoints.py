@@ -8,7 +8,6 @@ A release file is a `torch.save`d state dict of the reference model: `meta_queri
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import OpenUniError
+from .files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise OpenUniError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _load_tensors(path)
     except pickle.UnpicklingError as error:
         raise OpenUniError(
             f"refusing to load {path}: it holds Python objects other than tensors, which could run code "
@@ -61,6 +61,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OpenUniError(f"{path} is not a state dict of tensors (found {type(state).__name__})")
     return state
+
+
+def _load_tensors(path: Path):
+    """Memory-mapped where the file allows it; files in torch's legacy (pre-zip) format cannot be mapped."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap can only be used" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def split_release(state: dict[str, torch.Tensor]) -> tuple[dict, dict, LoadReport]:
@@ -132,8 +142,4 @@ def save_release(connector: nn.Module, transformer: nn.Module | None, path: str 
     state = {k: v.detach().cpu().contiguous() for k, v in connector.state_dict().items()}
     if transformer is not None:
         state.update({TRANSFORMER_PREFIX + k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    write_atomically(Path(path), lambda partial: torch.save(state, partial))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
 from .errors import OpenUniError
+from .files import save_image_atomically  # noqa: F401  (a shared helper of the commands, kept importable here)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -105,16 +105,19 @@ def load_pipeline_from_args(args: argparse.Namespace, device, target_device):
     )
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling")
+def add_sampling_arguments(parser: argparse.ArgumentParser, batch_size: int = 4, images_per_prompt: bool = True) -> None:
+    """The sampling flags; `images_per_prompt=False` where a layout fixes the count (benchmarks)."""
+    group = parser.add_argument_group("sampling (defaults follow the reference protocol)")
     group.add_argument("--seed", type=int, default=42, help="image k of each prompt uses seed + k (default 42)")
     group.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     group.add_argument("--cfg-scale", type=float, default=4.5, help="classifier-free guidance scale (default 4.5)")
     group.add_argument("--negative-prompt", help="unconditional branch text (default: the reference's)")
     group.add_argument("--height", type=int, help="multiple of 32 (default: the variant's resolution)")
     group.add_argument("--width", type=int, help="multiple of 32 (default: the variant's resolution)")
-    group.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    group.add_argument("--batch-size", type=int, default=4, help="images per forward pass (does not change images)")
+    if images_per_prompt:
+        group.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    group.add_argument("--batch-size", type=int, default=batch_size,
+                       help=f"images per forward pass (does not change images; default {batch_size})")
 
 
 def check_sampling_arguments(args: argparse.Namespace) -> None:
@@ -124,16 +127,8 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
         if value is not None and (value <= 0 or value % 32):
             raise OpenUniError(f"--{name} must be a positive multiple of 32, got {value}")
     for name in ("steps", "num_images", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name, 1) < 1:
             raise OpenUniError(f"--{name.replace('_', '-')} must be at least 1")
-
-
-def save_image_atomically(image, path: Path) -> None:
-    """Write next to the target and rename, so an interrupted run never leaves a truncated image behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    image.save(partial, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
-    os.replace(partial, path)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------

@@ -28,23 +28,22 @@ def load_image(
 ) -> PIL.Image.Image:
     """A path or PIL image -> an upright RGB image (8 bits per channel), or an `OpenUniError` saying why not."""
     if isinstance(source, PIL.Image.Image):
-        name = getattr(source, "filename", "") or "the image"
-        check_image_size(source.size, name, min_side, max_pixels)
-        return to_rgb(PIL.ImageOps.exif_transpose(source), name)
-    if not isinstance(source, (str, Path)):
+        image, name = source, getattr(source, "filename", "") or "the image"
+    elif isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise OpenUniError(f"image {path}: no such file")
+        if not path.is_file():
+            raise OpenUniError(f"image {path}: not a file")
+        image, name = _open(path, max_pixels), str(path)
+    else:
         raise OpenUniError(f"expected an image file path or a PIL image, got {type(source).__name__}")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise OpenUniError(f"image {path}: no such file")
-    if not path.is_file():
-        raise OpenUniError(f"image {path}: not a file")
-    image = _open(path, max_pixels)
-    check_image_size(image.size, str(path), min_side, max_pixels)
+    check_image_size(image.size, name, min_side, max_pixels)
     try:
-        image.load()
+        image.load()  # an opened PIL image may still hold undecoded (and damaged) pixel data
     except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged pixel data
-        raise OpenUniError(f"image {path} is corrupt or truncated ({error})") from None
-    return to_rgb(PIL.ImageOps.exif_transpose(image), str(path))
+        raise OpenUniError(f"image {name} is corrupt or truncated ({error})") from None
+    return to_rgb(PIL.ImageOps.exif_transpose(image), name)
 
 
 def _open(path: Path, max_pixels: int) -> PIL.Image.Image:

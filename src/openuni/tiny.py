@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
@@ -22,6 +23,9 @@ from .connector import OpenUniConnector
 from .internvl import ORIGINAL_TO_NATIVE_RENAMES, config_from_original
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
 from .variants import SANA_SCHEDULER_CONFIG
+
+if TYPE_CHECKING:
+    from .pipeline import OpenUniPipeline
 
 # The InternVL special tokens, appended after the BPE vocabulary as Qwen2.5 + InternVL do.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMG_START, IMG_END, IMG_CONTEXT]
@@ -244,12 +248,11 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
                 parameter.copy_(1 + noise * 0.1)
 
 
-def build_random_pipeline(variant_name: str, tokenizer_dir: Path, device, dtype) -> "OpenUniPipeline":
+def build_random_pipeline(variant_name: str, tokenizer_dir: Path, device, dtype) -> OpenUniPipeline:
     """A pipeline with the real geometry of a released variant and random weights: same cost as the real one.
 
     The tokenizer is any InternVL-style one (the tiny one will do): only the token count of a prompt matters here.
     """
-    from .connector import OpenUniConnector
     from .internvl import config_from_geometry
     from .loading import load_tokenizer
     from .pipeline import OpenUniPipeline

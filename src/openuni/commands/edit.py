@@ -11,10 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import add_model_arguments, add_sampling_arguments, check_sampling_arguments, pipeline_from_args, \
-    save_image_atomically
+from ..cli import add_model_arguments, add_sampling_arguments, check_sampling_arguments, pipeline_from_args
 from ..errors import OpenUniError
-from .generate import output_paths
+from .generate import OutputWriter, output_paths
 
 
 def add_parser(subparsers) -> None:
@@ -84,19 +83,17 @@ def batches(sizes: list[tuple[int, int]], per_batch: int) -> list[range]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import image_grid, load_image
+    from ..images import load_image
 
     check_sampling_arguments(args)
     pairs = read_pairs(args)
     per_pair = 1 if args.grid else args.num_images
-    default_output = Path("openuni-edit.png" if len(pairs) * per_pair == 1 else "openuni-edits")
-    paths = output_paths(args.output or default_output, len(pairs), per_pair)
+    output = args.output or Path("openuni-edit.png" if len(pairs) * per_pair == 1 else "openuni-edits")
+    writer = OutputWriter(output, output_paths(output, len(pairs), per_pair), args.num_images, args.grid, args.seed)
 
     sources = [load_image(image) for image, _ in pairs]  # every unreadable image is reported before the model loads
     pipe = pipeline_from_args(args)
     sizes = [pipe.edit_output_size([source], args.height, args.width) for source in sources]
-
-    written = []
     for run_of_edits in batches(sizes, max(1, args.batch_size // args.num_images)):
         height, width = sizes[run_of_edits[0]]
         images = pipe.edit(
@@ -104,18 +101,6 @@ def run(args: argparse.Namespace) -> int:
             negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
             guidance_scale=args.cfg_scale, num_images_per_prompt=args.num_images, seed=args.seed,
         ).images
-        for offset, index in enumerate(run_of_edits):
-            own = images[offset * args.num_images:(offset + 1) * args.num_images]
-            if args.grid:
-                own = [image_grid(own)]
-            for image, path in zip(own, paths[index]):
-                save_image_atomically(image, path)
-                written.append({"image": str(pairs[index][0]), "instruction": pairs[index][1], "seed": args.seed,
-                                "file": str(path)})
-    folder = paths[0][0].parent
-    if len(written) > 1:
-        with open(folder / "metadata.jsonl", "w", encoding="utf-8") as index_file:
-            index_file.writelines(json.dumps(entry) + "\n" for entry in written)
-    print(f"wrote {len(written)} image{'s' if len(written) > 1 else ''}"
-          + (f" to {folder}" if len(written) > 1 else f": {written[0]['file']}"))
+        writer.save(images, [(i, {"image": str(pairs[i][0]), "instruction": pairs[i][1]}) for i in run_of_edits])
+    print(writer.summary())
     return 0

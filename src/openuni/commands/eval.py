@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import add_model_arguments, pipeline_from_args
+from ..cli import add_model_arguments, add_sampling_arguments, check_sampling_arguments, pipeline_from_args
 from ..errors import OpenUniError
 
 BENCHMARKS = ("geneval", "dpg", "wise")
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         sub.add_argument("--output", "-o", type=Path, required=True, help="output folder (resumed when it exists)")
         sub.add_argument("--prompts", type=Path, help=PROMPTS_HELP[name])
         sub.add_argument("--score", action="store_true", help="score the images once they are all written")
-        _add_sampling_arguments(sub)
+        add_sampling_arguments(sub, batch_size=16, images_per_prompt=False)
         add_model_arguments(sub)
         _add_scorer_arguments(sub, (name,))
         sub.set_defaults(func=run_generate)
@@ -42,17 +42,6 @@ def add_parser(subparsers) -> None:
     score.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     _add_scorer_arguments(score, BENCHMARKS)
     score.set_defaults(func=run_score)
-
-
-def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling (defaults follow the reference protocol)")
-    group.add_argument("--seed", type=int, default=42, help="image k of every prompt uses seed + k (default 42)")
-    group.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    group.add_argument("--cfg-scale", type=float, default=4.5, help="classifier-free guidance scale (default 4.5)")
-    group.add_argument("--negative-prompt", help="unconditional branch text (default: the reference's)")
-    group.add_argument("--height", type=int, help="multiple of 32 (default: the variant's resolution)")
-    group.add_argument("--width", type=int, help="multiple of 32 (default: the variant's resolution)")
-    group.add_argument("--batch-size", type=int, default=16, help="images per forward pass (images do not depend on it)")
 
 
 def _add_scorer_arguments(parser: argparse.ArgumentParser, benchmarks: tuple[str, ...]) -> None:
@@ -71,16 +60,6 @@ def _add_scorer_arguments(parser: argparse.ArgumentParser, benchmarks: tuple[str
                            help=f"DPG-Bench/WISE: VLM judge, a proxy for the official one (default {DEFAULT_JUDGE})")
 
 
-def _check_sampling(args: argparse.Namespace) -> None:
-    for name in ("height", "width"):
-        value = getattr(args, name)
-        if value is not None and (value <= 0 or value % 32):
-            raise OpenUniError(f"--{name} must be a positive multiple of 32, got {value}")
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise OpenUniError(f"--{name.replace('_', '-')} must be at least 1")
-
-
 def _model_description(args: argparse.Namespace) -> dict:
     if args.model:
         return {"model": str(args.model)}
@@ -91,6 +70,19 @@ def _model_description(args: argparse.Namespace) -> dict:
     return parts
 
 
+def process_device(requested: str | None, launcher_device) -> str:
+    """Where this process runs. A device without an index ("cuda") means this process's own one from the launcher
+    (cuda:<local rank>), not device 0 for every process; an explicit index is taken as given."""
+    import torch
+
+    if requested is None:
+        return str(launcher_device)
+    device = torch.device(requested)
+    if device.index is None and device.type == torch.device(launcher_device).type:
+        return str(launcher_device)
+    return requested
+
+
 def run_generate(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
@@ -98,14 +90,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..evaluation.generate import SamplingSettings, generate_benchmark
     from ..evaluation.prompts import LOADERS
 
-    _check_sampling(args)
+    check_sampling_arguments(args)
     if args.output.exists() and not args.output.is_dir():
         raise OpenUniError(f"--output {args.output} exists and is not a folder")
     prompts = LOADERS[args.benchmark](args.prompts)
     # On CPU, accelerate joins the processes of a launcher (torchrun, accelerate launch) only when told so.
     state = PartialState(cpu=(args.device or "cuda").startswith("cpu") or not torch.cuda.is_available())
-    if args.device is None:
-        args.device = str(state.device)
+    args.device = process_device(args.device, state.device)
     pipe = pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.default_resolution

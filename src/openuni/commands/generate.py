@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from ..cli import (IMAGE_SUFFIXES, add_model_arguments, add_sampling_arguments, check_sampling_arguments,
-                   pipeline_from_args, save_image_atomically)
+                   pipeline_from_args)
 from ..errors import OpenUniError
+from ..files import save_image_atomically, write_text_atomically
 
 
 def add_parser(subparsers) -> None:
@@ -40,13 +41,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def output_paths(output: Path | None, num_prompts: int, per_prompt: int) -> list[list[Path]]:
+def output_paths(output: Path, num_prompts: int, per_prompt: int) -> list[list[Path]]:
     """Where image k of prompt p goes: the file itself for a single output, else numbered files."""
-    total = num_prompts * per_prompt
-    if output is None:
-        output = Path("openuni.png" if total == 1 else "openuni-outputs")
     if output.suffix.lower() in IMAGE_SUFFIXES:
-        if total == 1:
+        if num_prompts * per_prompt == 1:
             return [[output]]
         return [[output.with_name(f"{output.stem}-{p:05d}-{k:02d}{output.suffix}") for k in range(per_prompt)]
                 for p in range(num_prompts)]
@@ -55,17 +53,54 @@ def output_paths(output: Path | None, num_prompts: int, per_prompt: int) -> list
     return [[output / f"{p:05d}-{k:02d}.png" for k in range(per_prompt)] for p in range(num_prompts)]
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..images import image_grid
+def index_path(output: Path) -> Path:
+    """The metadata index of a run with several files: in its folder, or beside numbered `NAME-...png` files
+    (never a bare metadata.jsonl in a folder the user did not make for this run)."""
+    if output.suffix.lower() in IMAGE_SUFFIXES:
+        return output.with_name(f"{output.stem}-metadata.jsonl")
+    return output / "metadata.jsonl"
 
+
+class OutputWriter:
+    """Saves each request's images as they come, and keeps the index of what is written current, so an interrupted
+    run keeps both its finished images and their records."""
+
+    def __init__(self, output: Path, paths: list[list[Path]], num_images: int, grid: bool, seed: int):
+        self.paths, self.num_images, self.grid, self.seed = paths, num_images, grid, seed
+        self.index = index_path(output) if sum(map(len, paths)) > 1 else None
+        self.written: list[dict] = []
+
+    def save(self, images: list, requests: list[tuple[int, dict]]) -> None:
+        """`images` are prompt-major, `num_images` per request; a request is (its number, what to record)."""
+        from ..images import image_grid
+
+        for offset, (number, record) in enumerate(requests):
+            own = images[offset * self.num_images:(offset + 1) * self.num_images]
+            if self.grid:
+                own = [image_grid(own)]
+            for k, (image, path) in enumerate(zip(own, self.paths[number])):
+                save_image_atomically(image, path)
+                # Image k of a request starts from seed + k (a grid file: its first tile's seed).
+                self.written.append({**record, "seed": self.seed + k, "file": str(path)})
+        if self.index is not None:
+            write_text_atomically(self.index, "".join(json.dumps(entry) + "\n" for entry in self.written))
+
+    def summary(self) -> str:
+        if self.index is None:
+            return f"wrote 1 image: {self.written[0]['file']}"
+        return f"wrote {len(self.written)} images to {self.paths[0][0].parent} (index: {self.index})"
+
+
+def run(args: argparse.Namespace) -> int:
     check_sampling_arguments(args)
     prompts = read_prompts(args)
     per_prompt = 1 if args.grid else args.num_images
-    paths = output_paths(args.output, len(prompts), per_prompt)
+    output = args.output or Path("openuni.png" if len(prompts) * per_prompt == 1 else "openuni-outputs")
+    writer = OutputWriter(output, output_paths(output, len(prompts), per_prompt), args.num_images, args.grid,
+                          args.seed)
 
     pipe = pipeline_from_args(args)
     prompts_per_batch = max(1, args.batch_size // args.num_images)
-    written = []
     for start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[start:start + prompts_per_batch]
         images = pipe(
@@ -73,16 +108,6 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps, guidance_scale=args.cfg_scale, num_images_per_prompt=args.num_images,
             seed=args.seed,
         ).images
-        for offset, prompt in enumerate(batch):
-            own = images[offset * args.num_images:(offset + 1) * args.num_images]
-            if args.grid:
-                own = [image_grid(own)]
-            for image, path in zip(own, paths[start + offset]):
-                save_image_atomically(image, path)
-                written.append({"prompt": prompt, "seed": args.seed, "file": str(path)})
-    folder = paths[0][0].parent
-    if len(written) > 1:
-        with open(folder / "metadata.jsonl", "w", encoding="utf-8") as index:
-            index.writelines(json.dumps(entry) + "\n" for entry in written)
-    print(f"wrote {len(written)} image{'s' if len(written) > 1 else ''}" + (f" to {folder}" if len(written) > 1 else f": {written[0]['file']}"))
+        writer.save(images, [(start + offset, {"prompt": prompt}) for offset, prompt in enumerate(batch)])
+    print(writer.summary())
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 import PIL.Image
 
 from ..errors import OpenUniError
+from .generate import read_output_image
 
 TILES_PER_SIDE = 2
 
@@ -128,6 +129,5 @@ def score_folder(folder: str | Path, questions: dict[str, ItemQuestions], judge:
         if item_id not in questions:
             skipped.append(item_id)
             continue
-        with PIL.Image.open(file) as image:
-            results[item_id] = score_item(image.convert("RGB"), questions[item_id], judge)
+        results[item_id] = score_item(read_output_image(file), questions[item_id], judge)
     return results, skipped

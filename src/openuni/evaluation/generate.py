@@ -15,15 +15,14 @@ decodes completely, so an interrupted run resumes where it stopped and never tru
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import PIL.Image
 
-from ..cli import save_image_atomically
 from ..errors import OpenUniError
+from ..files import save_image_atomically, write_text_atomically
 from .prompts import BenchmarkPrompt
 
 RUN_FILE = "openuni_run.json"
@@ -75,16 +74,20 @@ def is_complete_image(path: Path) -> bool:
         return False
 
 
+def read_output_image(path: Path) -> PIL.Image.Image:
+    """An output image as RGB for scoring; a damaged one (an interrupted run) is an error that says what to do."""
+    from ..images import load_image
+
+    try:
+        return load_image(path, min_side=1)
+    except OpenUniError as error:
+        raise OpenUniError(f"{error}: run the same `openuni eval` generation again (it redoes damaged images), "
+                           "then score") from None
+
+
 def is_finished(benchmark: str, output: Path, prompt: BenchmarkPrompt) -> bool:
     texts_done = all(path.is_file() for path in side_files(benchmark, output, prompt))
     return texts_done and all(is_complete_image(path) for path in image_files(benchmark, output, prompt))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def plan_batches(num_prompts: int, images_per_prompt: int, batch_size: int) -> list[list[int]]:

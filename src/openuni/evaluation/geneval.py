@@ -164,11 +164,9 @@ def sample_images(folder: Path) -> list[tuple[dict, Path]]:
 
 def score_image(path: Path, metadata: dict, detect, classify_colors: ColorClassifier) -> dict:
     """One row of the official results.jsonl."""
-    import PIL.Image
-    import PIL.ImageOps
+    from .generate import read_output_image
 
-    with PIL.Image.open(path) as opened:
-        image = PIL.ImageOps.exif_transpose(opened).convert("RGB")
+    image = read_output_image(path)
     detections = keep_detections(detect(image), metadata["tag"])
     correct, reason = evaluate(metadata, detections, classify_colors, image)
     return {

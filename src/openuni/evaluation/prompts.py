@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OpenUniError
+from ..files import write_bytes_atomically
 
 GENEVAL_REPO, GENEVAL_COMMIT = "djghosh13/geneval", "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 DPG_REPO, DPG_COMMIT = "TencentQQGYLab/ELLA", "3c228f1dc6c4d3cad0a47493816151a419f14db3"
@@ -48,18 +49,11 @@ def _download(url: str) -> bytes:
                            "its local path instead (--prompts, --questions)") from None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def fetch_file(repo: str, commit: str, path_in_repo: str) -> Path:
     """One file of a GitHub repository at a commit, cached."""
     target = cache_dir() / repo.replace("/", "--") / commit / path_in_repo
     if not target.is_file():
-        _write_atomically(target, _download(f"https://raw.githubusercontent.com/{repo}/{commit}/{path_in_repo}"))
+        write_bytes_atomically(target, _download(f"https://raw.githubusercontent.com/{repo}/{commit}/{path_in_repo}"))
     return target
 
 

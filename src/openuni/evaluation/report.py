@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .generate import write_text_atomically
+from ..files import write_text_atomically
 
 TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "wise": "WISE"}
 

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from . import dpg, geneval, wise
-from .generate import RUN_FILE, write_text_atomically
+from ..files import write_text_atomically
+from .generate import RUN_FILE
 from .report import write_report
 
 

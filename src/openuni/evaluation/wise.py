@@ -16,6 +16,7 @@ import numpy as np
 import PIL.Image
 
 from ..errors import OpenUniError
+from .generate import read_output_image
 from .prompts import BenchmarkPrompt
 
 WEIGHTS = {"consistency": 0.7, "realism": 0.2, "aesthetic_quality": 0.1}
@@ -102,8 +103,7 @@ def score_folder(folder: str | Path, prompts: list[BenchmarkPrompt], judge: Wise
         if not path.is_file():
             missing.append(prompt.key)
             continue
-        with PIL.Image.open(path) as image:
-            reply = judge.judge(image.convert("RGB"), prompt.text, prompt.record.get("Explanation", ""))
+        reply = judge.judge(read_output_image(path), prompt.text, prompt.record.get("Explanation", ""))
         scores = parse_scores(reply) or dict.fromkeys(WEIGHTS)
         records.append({"prompt_id": int(prompt.key), "Subcategory": prompt.record.get("Subcategory"), **scores,
                         "reply": reply})

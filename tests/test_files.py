@@ -1,0 +1,34 @@
+"""Atomic writes: the final name holds a complete file or nothing new, and failures leave no partial file."""
+
+from __future__ import annotations
+
+import PIL.Image
+import pytest
+
+from openuni.files import save_image_atomically, write_atomically, write_text_atomically
+
+
+def test_text_and_image_are_written_under_the_final_name_only(tmp_path):
+    write_text_atomically(tmp_path / "deep" / "a.txt", "hello")
+    assert (tmp_path / "deep" / "a.txt").read_text() == "hello"
+    save_image_atomically(PIL.Image.new("RGB", (4, 4), "red"), tmp_path / "b.jpg")
+    with PIL.Image.open(tmp_path / "b.jpg") as image:
+        assert image.format == "JPEG"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "b.jpg", "deep"]
+
+
+def test_a_failed_write_removes_its_partial_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def half_then_fail(partial):
+        partial.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, half_then_fail)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    with pytest.raises(OSError):  # PIL cannot write RGBA as JPEG: same clean-up
+        save_image_atomically(PIL.Image.new("RGBA", (4, 4)), tmp_path / "c.jpg")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
