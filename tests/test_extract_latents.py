@@ -41,14 +41,14 @@ def test_extraction_resumes_after_a_kill_without_duplicates_or_torn_files(tiny, 
 
     # A kill mid-shard: shard 1 never renamed into place (only its partial file, torn), the others complete.
     shards[1].unlink()
-    (out / ".shard-000001.partial").write_bytes(b"torn")
+    (out / ".shard-000001.safetensors.partial").write_bytes(b"torn")
     untouched = {p.name: p.stat().st_mtime_ns for p in (shards[0], shards[2])}
     assert run_cli(*args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (shards[0], shards[2])} == untouched
     resumed_keys, resumed = read_shards(out)
     assert sorted(resumed_keys) == sorted(keys) and len(resumed_keys) == len(set(resumed_keys))
     assert all(torch.equal(resumed[k], latents[k]) for k in keys)
-    assert not (out / ".shard-000001.partial").exists()
+    assert not (out / ".shard-000001.safetensors.partial").exists()
 
 
 def test_latents_are_the_vae_encoding_and_train_like_images(tiny, tiny_pipe, tmp_path):

@@ -25,16 +25,10 @@ def expected():
 
 
 @pytest.fixture(scope="module")
-def model_and_schedule():
-    from openuni.loading import load_pipeline
+def model_and_schedule(parity_pipe):
     from openuni.model import training_scheduler
 
-    p = PARITY_DIR
-    pipe = load_pipeline(
-        "openuni-b-512", mllm=p / "mllm", tokenizer=p / "tokenizer", transformer=p / "transformer", vae=p / "vae",
-        scheduler=p / "scheduler", checkpoint=p / "openuni_tiny.pth", connector_heads=4, device="cpu",
-    )
-    return pipe, training_scheduler(pipe.scheduler.config)
+    return parity_pipe, training_scheduler(parity_pipe.scheduler.config)
 
 
 def assert_close(name, actual, expected, tolerance):

@@ -1,7 +1,7 @@
 """Writing latent shards: each one complete or absent, so an interrupted extraction resumes where it stopped.
 
 Shard `i` covers items `[i * S, (i + 1) * S)` of a JSON-indexed dataset, or input tar `i` of a WebDataset; process
-`r` of `W` writes the shards `i = r (mod W)`. A shard is written as `.shard-XXXXXX.partial` and renamed into place,
+`r` of `W` writes the shards `i = r (mod W)`. A shard is written as `.shard-XXXXXX.safetensors.partial` and renamed into place,
 and a present shard is never redone: no duplicates, no torn files.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ..files import write_atomically
 from .images import BadSample, crop_to, to_pixels
 from .sources import JsonImageFolder, WebDatasetShards
 
@@ -28,9 +28,7 @@ def shard_path(output: Path, shard: int) -> Path:
 def write_shard(path: Path, latents: list[torch.Tensor], captions: list[str], keys: list[str], skipped: int) -> None:
     tensors = {f"latents.{i}": l.contiguous() for i, l in enumerate(latents)}
     metadata = {"captions": json.dumps(captions), "keys": json.dumps(keys), "skipped": str(skipped)}
-    partial = path.with_name(f".{path.stem}.partial")
-    save_file(tensors, partial, metadata=metadata)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: save_file(tensors, partial, metadata=metadata))
 
 
 def shard_plan(source, shard_size: int) -> list:
