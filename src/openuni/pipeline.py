@@ -184,7 +184,7 @@ class OpenUniPipeline(DiffusionPipeline):
         with self.stage(self.vae):
             pixels = self.model.latents_to_pixels(latents)
         if output_type == "pt":
-            return pixels
+            return pixels.float()
         images = to_uint8(pixels).cpu().numpy()
         if output_type == "np":
             return images
@@ -272,10 +272,12 @@ class OpenUniPipeline(DiffusionPipeline):
 
     def _denoising_loop(self, latents, caption_embeds, guidance_scale, callback_on_step_end):
         do_cfg = guidance_scale > 1.0
+        model = self.model
+        caption_embeds = caption_embeds.to(self.transformer.dtype)
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if do_cfg else latents
             timestep = t.expand(model_input.shape[0]).to(torch.float32)
-            velocity = self.model.predict_velocity(model_input, timestep, caption_embeds).float()
+            velocity = model.predict_velocity(model_input, timestep, caption_embeds).float()
             if do_cfg:
                 velocity_uncond, velocity_cond = velocity.chunk(2)
                 velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
