@@ -111,6 +111,28 @@ def test_resume_skips_finished_and_redoes_truncated(tiny_pipe, tmp_path):
     assert json.loads((out / "openuni_run.json").read_text())["finished"] is True
 
 
+def test_resume_inside_a_batch_reproduces_the_uninterrupted_bytes(tiny_pipe, tmp_path):
+    """Prompts 0 and 1 share a batch; redoing prompt 1 alone would round differently, so the batch is redone whole."""
+    prompts = load_geneval(geneval_file(tmp_path))
+    out = tmp_path / "out"
+    generate_benchmark(tiny_pipe, "geneval", prompts, out, SETTINGS, batch_size=8, show_progress=False)
+    originals = {p: p.read_bytes() for p in out.rglob("*.png")}
+    for sample in (out / "00001" / "samples").glob("*.png"):
+        sample.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in originals if p.parent.parent.name == "00000"}
+    calls = []
+
+    def recording_pipe(batch, **kwargs):
+        calls.append(list(batch))
+        return tiny_pipe(batch, **kwargs)
+
+    record = generate_benchmark(recording_pipe, "geneval", prompts, out, SETTINGS, batch_size=8, show_progress=False)
+    assert record["generated_here"] == 1
+    assert calls == [[prompts[0].text, prompts[1].text]]  # the batch as first planned, not prompt 1 alone
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == originals
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished images are not rewritten
+
+
 def test_an_interrupted_run_keeps_its_settings(tiny_pipe, tmp_path):
     prompts = load_geneval(geneval_file(tmp_path))
     out = tmp_path / "out"

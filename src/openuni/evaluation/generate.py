@@ -132,22 +132,25 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
 
     batches = plan_batches(len(prompts), layout.images_per_prompt, batch_size)
     mine = batches[state.process_index::state.num_processes]
-    todo = [[i for i in batch if not is_finished(benchmark, output, prompts[i])] for batch in mine]
+    missing = {i for batch in mine for i in batch if not is_finished(benchmark, output, prompts[i])}
+    # A batch with anything missing is generated whole, as first planned: batch composition moves pixels by a
+    # rounding step, so only the same batch reproduces an uninterrupted run's bytes. Only what is missing is written.
+    todo = [batch for batch in mine if missing.intersection(batch)]
     total = sum(len(batch) for batch in mine)
-    remaining = sum(len(batch) for batch in todo)
+    remaining = len(missing)
     started = time.time()
     bar = tqdm(total=total, initial=total - remaining, unit="prompt", dynamic_ncols=True,
                desc=f"{benchmark} (process {state.process_index + 1}/{state.num_processes})",
                disable=not (show_progress and state.is_main_process))
     for batch in todo:
-        if not batch:
-            continue
         images = pipe(
             [prompts[i].text for i in batch], negative_prompt=settings.negative_prompt, height=settings.height,
             width=settings.width, num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale,
             num_images_per_prompt=layout.images_per_prompt, seed=settings.seed,
         ).images
         for offset, index in enumerate(batch):
+            if index not in missing:
+                continue
             own = images[offset * layout.images_per_prompt:(offset + 1) * layout.images_per_prompt]
             if layout.grid:
                 own = [image_grid(own, columns=2)]
@@ -155,7 +158,7 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
                 write_text_atomically(path, text)
             for image, path in zip(own, image_files(benchmark, output, prompts[index])):
                 save_image_atomically(image, path)
-        bar.update(len(batch))
+        bar.update(len(missing.intersection(batch)))
     bar.close()
     state.wait_for_everyone()
     record = {"generation": run_settings, "finished": True, "generated_here": remaining,
