@@ -94,6 +94,17 @@ def test_answers_come_from_generate_and_stream_the_same_text(chat):
     assert "".join(streamed).strip() == answer
 
 
+def test_a_reader_that_stops_early_stops_the_generation(chat):
+    """The tiny model never says <|im_end|> within 300 tokens; closing the stream must end generate() at once."""
+    conversation = Conversation()
+    pieces = chat.stream("Describe it.", conversation=conversation, max_new_tokens=300)
+    first = next(piece for piece in pieces if piece)
+    pieces.close()
+    assert first and len(conversation.turns) == 1  # generate() returned before close() did
+    generated = len(chat.tokenizer(conversation.turns[0].answer, add_special_tokens=False).input_ids)
+    assert generated < 100
+
+
 class RecordingStreamer(BaseStreamer):
     """What `generate` hands a streamer: the prompt first, then each new token."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from transformers import GotOcr2ImageProcessorPil, TextIteratorStreamer
+from transformers import GotOcr2ImageProcessorPil, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import OpenUniError
 from .images import load_image
@@ -49,6 +49,16 @@ class Conversation:
 
     system_prompt: str | None = INTERNVL_SYSTEM_PROMPT
     turns: list[Turn] = field(default_factory=list)
+
+
+class ReaderStopped(StoppingCriteria):
+    """Ends generation once the streaming reader has gone."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class InternVLChat:
@@ -191,6 +201,9 @@ class InternVLChat:
         request = self.request(question, images, conversation, max_new_tokens, do_sample, temperature, top_p)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
+        # A reader that stops early (closes the iterator) stops the generation too, rather than leaving it running.
+        stopped = threading.Event()
+        request["settings"]["stopping_criteria"] = StoppingCriteriaList([ReaderStopped(stopped)])
 
         def generate() -> None:
             try:
@@ -201,8 +214,11 @@ class InternVLChat:
 
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            yield from streamer
+        finally:
+            stopped.set()
+            worker.join()
         if failure:
             raise failure[0]
 
