@@ -147,3 +147,36 @@ def test_release_file_round_trip(tiny, tiny_pipe, tmp_path):
     save_release(tiny_pipe.connector, tiny_pipe.transformer, path)
     pipe = load_tiny_pipeline(tiny, checkpoint=path)
     assert torch.equal(pipe.connector.meta_queries, tiny_pipe.connector.meta_queries)
+
+
+def copy_mllm_without(tiny, tmp_path, drop):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    target = tmp_path / "mllm"
+    shutil.copytree(tiny.mllm, target)
+    weights = load_file(target / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not drop(k)}, target / "model.safetensors")
+    return target, weights
+
+
+def test_mllm_without_lm_head_ties_it_to_the_embeddings(tiny, tmp_path):
+    from openuni.internvl import load_mllm
+    from openuni.loading import load_tokenizer
+
+    target, weights = copy_mllm_without(tiny, tmp_path, lambda k: k == "language_model.lm_head.weight")
+    model = load_mllm(target, load_tokenizer(tiny.tokenizer))
+    assert torch.equal(model.lm_head.weight, weights["language_model.model.embed_tokens.weight"])
+
+
+def test_mllm_with_missing_weights_is_refused(tiny, tmp_path):
+    from openuni.internvl import load_mllm
+    from openuni.loading import load_tokenizer
+
+    target, _ = copy_mllm_without(tiny, tmp_path, lambda k: "layers.1.mlp.down_proj" in k)
+    with pytest.raises(OpenUniError, match="down_proj"):
+        load_mllm(target, load_tokenizer(tiny.tokenizer))
+    (target / "model.safetensors").unlink()
+    with pytest.raises(OpenUniError, match="cannot load the InternVL3 weights"):
+        load_mllm(target, load_tokenizer(tiny.tokenizer))

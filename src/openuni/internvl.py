@@ -141,18 +141,29 @@ def load_mllm(
     if not config_file.is_file():
         raise OpenUniError(f"{path} is not an InternVL3 model directory (no config.json)")
     raw_config = json.loads(config_file.read_text())
-    if is_original_layout(raw_config):
-        config = config_from_original(raw_config, tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
-        model = OriginalLayoutInternVL.from_pretrained(path, config=config, dtype=dtype)
-        # From here on it is an ordinary native model (and saves as one).
-        model.__class__ = InternVLForConditionalGeneration
-        model._weight_conversions = None
-    elif raw_config.get("model_type") == "internvl":
-        model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    else:
-        raise OpenUniError(
-            f"{path} holds a {raw_config.get('model_type')!r} model; expected an InternVL3 checkpoint "
-            "(OpenGVLab 'internvl_chat' layout or the transformers '-hf' layout)"
-        )
+    try:
+        if is_original_layout(raw_config):
+            config = config_from_original(raw_config, tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
+            model, info = OriginalLayoutInternVL.from_pretrained(path, config=config, dtype=dtype,
+                                                                 output_loading_info=True)
+            # From here on it is an ordinary native model (and saves as one).
+            model.__class__ = InternVLForConditionalGeneration
+            model._weight_conversions = None
+        elif raw_config.get("model_type") == "internvl":
+            model, info = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        else:
+            raise OpenUniError(
+                f"{path} holds a {raw_config.get('model_type')!r} model; expected an InternVL3 checkpoint "
+                "(OpenGVLab 'internvl_chat' layout or the transformers '-hf' layout)"
+            )
+    except OSError as error:  # no or unreadable weight files
+        raise OpenUniError(f"cannot load the InternVL3 weights in {path}: {str(error).splitlines()[0]}") from None
     model.config.tie_word_embeddings = False
+    missing = sorted(info.get("missing_keys", ()))
+    if missing == ["lm_head.weight"]:
+        # An LLM with tied embeddings ships no lm_head: generation (chat) reads its logits off the embeddings.
+        model.lm_head.weight = model.get_input_embeddings().weight
+    elif missing:
+        raise OpenUniError(f"{path}: the InternVL3 weights lack {missing[0]!r} ({len(missing)} tensors missing); "
+                           "is the download complete?")
     return model.to(device).eval().requires_grad_(False)
