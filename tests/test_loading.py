@@ -113,6 +113,19 @@ def test_missing_local_components_are_named(tiny, tmp_path):
         load_tiny_pipeline(tiny, mllm=tmp_path / "empty", tokenizer=tiny.tokenizer)
 
 
+def test_damaged_sana_or_vae_folders_are_named(tiny, tmp_path):
+    import shutil
+
+    for name in ("transformer", "vae"):
+        broken = tmp_path / name
+        shutil.copytree(getattr(tiny, name), broken)
+        (broken / "diffusion_pytorch_model.safetensors").unlink()
+        with pytest.raises(OpenUniError, match=f"--{name} .*cannot load"):
+            load_tiny_pipeline(tiny, **{name: broken})
+    with pytest.raises(OpenUniError, match="--vae .*cannot load"):
+        load_tiny_pipeline(tiny, vae=tiny.transformer)  # a SANA config is no DC-AE
+
+
 def test_unreachable_hub_names_what_to_download(tiny, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants

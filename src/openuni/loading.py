@@ -7,6 +7,7 @@ flag that takes a local copy.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -85,6 +86,20 @@ def _component_dir(root: Path, subfolder: str, marker: str) -> Path | None:
         if (candidate / marker).is_file():
             return candidate
     return None
+
+
+def load_diffusers_model(model_class, path: Path, dtype: torch.dtype, what: str, flag: str):
+    try:
+        found = json.loads((path / "config.json").read_text()).get("_class_name", model_class.__name__)
+    except (OSError, ValueError) as error:
+        raise OpenUniError(f"{flag} {path}: unreadable config.json ({error})") from None
+    if found != model_class.__name__:
+        raise OpenUniError(f"{flag} {path}: cannot load a {what} there (it holds a {found}, not a {model_class.__name__})")
+    try:
+        return model_class.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # missing or damaged files, a config of another model
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OpenUniError(f"{flag} {path}: cannot load a {what} there ({reason})") from None
 
 
 def load_tokenizer(path: Path):
@@ -207,8 +222,9 @@ def load_pipeline(
 
     tokenizer_obj = load_tokenizer(tokenizer_dir)
     mllm_model = load_mllm(mllm_dir, tokenizer_obj, dtype=dtype, device=device)
-    transformer_model = SanaTransformer2DModel.from_pretrained(transformer_dir, dtype=dtype)
-    vae_model = AutoencoderDC.from_pretrained(vae_dir, dtype=dtype)
+    transformer_model = load_diffusers_model(SanaTransformer2DModel, transformer_dir, dtype, "SANA transformer",
+                                             "--transformer")
+    vae_model = load_diffusers_model(AutoencoderDC, vae_dir, dtype, "DC-AE", "--vae")
     scheduler_obj = load_scheduler(scheduler, transformer_root)
 
     if from_scratch:
