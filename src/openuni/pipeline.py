@@ -3,7 +3,8 @@
 `OpenUniPipeline.__call__` reads as the algorithm: check inputs, encode the prompts (one MLLM pass for the
 conditional and unconditional branches), prepare the noise, the denoising loop with classifier-free guidance,
 decode. Editing (`image=` or `edit()`) differs only in the encoding: the source image's InternViT features fill the
-`<IMG_CONTEXT>` positions of both branches (SPEC "Image-to-image"); noise, loop and decoding are shared. Components are registered diffusers-style, so `save_pretrained`/`from_pretrained` round-trip a directory
+`<IMG_CONTEXT>` positions of both branches (SPEC "Image-to-image"); noise, loop and decoding are shared.
+Components are registered diffusers-style, so `save_pretrained`/`from_pretrained` round-trip a directory
 (`model_index.json` + one folder per component).
 
 Seeds: with `seed=s`, image k of a prompt starts from `randn` of one latent drawn from a CPU generator seeded
@@ -40,8 +41,6 @@ class OpenUniPipelineOutput(BaseOutput):
 
 
 class OpenUniPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "mllm->connector->transformer->vae"
-
     def __init__(self, tokenizer, mllm, connector: OpenUniConnector, transformer, vae, scheduler):
         super().__init__()
         self.register_modules(
