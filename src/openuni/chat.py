@@ -18,7 +18,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from transformers import GotOcr2ImageProcessorPil, TextIteratorStreamer
+from transformers import GotOcr2ImageProcessorPil, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import OpenUniError
 from .images import load_image
@@ -190,6 +190,8 @@ class InternVLChat:
         Bad input fails here, before anything is generated."""
         request = self.request(question, images, conversation, max_new_tokens, do_sample, temperature, top_p)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        request["settings"]["stopping_criteria"] = StoppingCriteriaList([StopWhenSet(stop)])
         failure: list[BaseException] = []
 
         def generate() -> None:
@@ -201,8 +203,13 @@ class InternVLChat:
 
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            yield from streamer
+        finally:
+            # A reader that stops early (a closed web page, Ctrl-C) stops the generation too, and nothing runs on
+            # the model once this generator is closed; the turn keeps the answer as far as it went.
+            stop.set()
+            worker.join()
         if failure:
             raise failure[0]
 
@@ -224,3 +231,13 @@ class InternVLChat:
 
     def decode(self, token_ids: torch.Tensor) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends `generate` after the current token once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
