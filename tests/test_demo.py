@@ -146,17 +146,28 @@ def test_a_busy_port_fails_before_the_model_loads(tiny, capsys):
     assert time.monotonic() - started < 5
 
 
-def test_generate_over_http(app, tmp_path):
+def test_the_served_page_generates_and_chats_over_http(app, tmp_path):
     gradio_client = pytest.importorskip("gradio_client")
+    picture = tmp_path / "picture.png"
+    random_image(2).save(picture)
     page = app.build()
     port = free_port()
     page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
-        job = client.submit("a green ball", "", 5, 2, 4.5, 64, 96, 1, api_name="/generate")
-        gallery = job.result(timeout=120)
+        gallery = client.submit("a green ball", "", 5, 2, 4.5, 64, 96, 1, api_name="/generate").result(timeout=120)
+        question = {"text": "What is it?", "files": [gradio_client.handle_file(str(picture))]}
+        first = client.submit(question, 16, 0, api_name="/chat").result(timeout=120)
+        second = client.submit({"text": "Why?", "files": []}, 16, 0, api_name="/chat").result(timeout=120)
+        with pytest.raises(gradio_client.exceptions.AppError, match="the width must be a multiple of 32"):
+            client.submit("a cat", "", 5, 2, 4.5, 100, 64, 1, api_name="/generate").result(timeout=120)
     finally:
         page.close()
     assert len(gallery) == 1
     with PIL.Image.open(gallery[0]["image"]) as image:
         assert image.size == (64, 96)
+    shown, box = first
+    assert [m["role"] for m in shown] == ["user", "user", "assistant"] and box == {"text": "", "files": []}
+    # The session kept the conversation: the second answer comes after the first exchange.
+    assert [m["role"] for m in second[0]] == ["user", "user", "assistant", "user", "assistant"]
+    assert second[0][3]["content"][0]["text"] == "Why?"

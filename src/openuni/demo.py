@@ -146,6 +146,11 @@ class DemoApp:
             if not answer:
                 yield [*asked, {"role": "assistant", "content": ""}], conversation, cleared
 
+    def chat_event(self, message, shown, conversation, max_new_tokens, temperature):
+        """`chat` for the page: the history goes both to the chatbot and to the session state."""
+        for history, conversation, cleared in self.chat(message, shown, conversation, max_new_tokens, temperature):
+            yield history, history, conversation, cleared
+
     # -- the page ---------------------------------------------------------------------------------------------
 
     def build(self) -> gr.Blocks:
@@ -178,7 +183,9 @@ class DemoApp:
                 run.click(self.edit, [source, instruction, negative, seed, steps, cfg, count], edited,
                           api_name="edit")
             with gr.Tab("Chat"):
-                conversation = gr.State(None)
+                # The shown history lives in the session state too, so it is never read back from the page (the
+                # chatbot's own value changes form between gradio versions and on its way through the API).
+                conversation, shown = gr.State(None), gr.State([])
                 chatbot = gr.Chatbot(label="InternVL3", height=480)
                 message = gr.MultimodalTextbox(placeholder="Ask about images (attach them here) or just chat",
                                                file_types=["image"], file_count="multiple")
@@ -186,9 +193,9 @@ class DemoApp:
                     length = gr.Slider(16, MAX_NEW_TOKENS, 512, step=16, label="Longest answer (tokens)")
                     temperature = gr.Slider(0, 1.5, 0, step=0.05, label="Temperature (0: greedy)")
                     restart = gr.Button("New conversation")
-                message.submit(self.chat, [message, chatbot, conversation, length, temperature],
-                               [chatbot, conversation, message], api_name="chat")
-                restart.click(lambda: ([], None), None, [chatbot, conversation], api_name=False)
+                message.submit(self.chat_event, [message, shown, conversation, length, temperature],
+                               [chatbot, shown, conversation, message], api_name="chat")
+                restart.click(lambda: ([], [], None), None, [chatbot, shown, conversation], api_name=False)
         page.queue(default_concurrency_limit=1)
         return page
 
