@@ -51,16 +51,6 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
 
 
-class ReaderStopped(StoppingCriteria):
-    """Ends generation once the streaming reader has gone."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 class InternVLChat:
     """Ask InternVL3 about images, or just chat: `InternVLChat.from_pretrained(...).ask("What is this?", ["a.jpg"])`."""
 
@@ -200,10 +190,9 @@ class InternVLChat:
         Bad input fails here, before anything is generated."""
         request = self.request(question, images, conversation, max_new_tokens, do_sample, temperature, top_p)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        request["settings"]["stopping_criteria"] = StoppingCriteriaList([StopWhenSet(stop)])
         failure: list[BaseException] = []
-        # A reader that stops early (closes the iterator) stops the generation too, rather than leaving it running.
-        stopped = threading.Event()
-        request["settings"]["stopping_criteria"] = StoppingCriteriaList([ReaderStopped(stopped)])
 
         def generate() -> None:
             try:
@@ -217,7 +206,9 @@ class InternVLChat:
         try:
             yield from streamer
         finally:
-            stopped.set()
+            # A reader that stops early (a closed web page, Ctrl-C) stops the generation too, and nothing runs on
+            # the model once this generator is closed; the turn keeps the answer as far as it went.
+            stop.set()
             worker.join()
         if failure:
             raise failure[0]
@@ -240,3 +231,13 @@ class InternVLChat:
 
     def decode(self, token_ids: torch.Tensor) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends `generate` after the current token once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -28,6 +28,7 @@ SUBCOMMANDS = [
     "openuni.commands.extract_latents",
     "openuni.commands.eval",
     "openuni.commands.make_tiny",
+    "openuni.commands.demo",
 ]
 
 

@@ -1,0 +1,49 @@
+"""`openuni demo`: the web demo (Generate, Edit and Chat tabs on one loaded model), served with gradio."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from ..cli import add_model_arguments, pipeline_from_args
+from ..errors import OpenUniError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="serve the web demo (generate, edit, chat)",
+                                   description="Serve a web page to generate and edit images and to chat about "
+                                               "them, all with one loaded model. Needs gradio: "
+                                               "pip install 'openuni[demo]'.")
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
+    group.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    group.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the model loads, not after, when the address cannot be served."""
+    if not 1 <= port <= 65535:
+        raise OpenUniError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise OpenUniError(f"cannot listen on {host}:{port} ({error.strerror or error}); pick another --port "
+                           "or --host") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise OpenUniError("the demo needs gradio: pip install 'openuni[demo]'") from None
+    from ..demo import DemoApp
+
+    check_port_free(args.host, args.port)
+    page = DemoApp(pipeline_from_args(args)).build()
+    page.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
