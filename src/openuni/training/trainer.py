@@ -160,6 +160,8 @@ class Trainer:
         acc = self.accelerator
         partial = checkpointing.partial_path(self.output_dir, self.step)
         acc.save_state(str(partial))
+        # Every process writes its part (its RNG state, its ZeRO/FSDP shards): all must be done before the rename.
+        acc.wait_for_everyone()
         if acc.is_main_process:
             checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
                                                             losses=self.losses, config=self.config.to_dict()))
