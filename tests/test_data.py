@@ -147,3 +147,30 @@ def test_collation_drops_captions_truncates_and_pads_with_zero(tiny_pipe):
     assert (ids[1][~mask[1]] == 0).all()
     left_ids, left_mask = pad_sequences([[5, 6, 7], [8]], side="left")
     assert left_ids.tolist() == [[5, 6, 7], [0, 0, 8]] and left_mask.tolist() == [[True] * 3, [False, False, True]]
+
+
+def test_missing_or_unreadable_webdataset_shards_fail_instead_of_hanging(tmp_path):
+    import threading
+
+    from openuni.data.sources import WebDatasetShards
+    from openuni.data.stream import SampleStream, StreamLayout
+    from openuni.errors import OpenUniError
+
+    with pytest.raises(OpenUniError, match="do not exist"):
+        WebDatasetShards(str(tmp_path / "missing-{0..1}.tar"))
+
+    (tmp_path / "garbage.tar").write_bytes(b"not a tar file at all" * 100)
+    stream = SampleStream([WebDatasetShards(str(tmp_path / "garbage.tar"))], [1.0], StreamLayout(seed=0, per_device_batch=1),
+                          resolution=64)
+    outcome = []
+
+    def read_one():
+        try:
+            take(stream, 1)
+        except OpenUniError as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=read_one, daemon=True)  # the old code looped for ever here
+    reader.start()
+    reader.join(timeout=30)
+    assert outcome and "no readable record" in str(outcome[0])

@@ -137,9 +137,14 @@ class SampleStream(IterableDataset):
             for epoch in itertools.count():
                 order = list(mine)
                 random.Random(sample_seed(self.layout.seed, epoch, "shards")).shuffle(order)
+                found = False
                 for position, record in enumerate(source.records(order)):
                     if by_shard or position % parts == part:
+                        found = True
                         yield record
+                if not found:  # another pass would find nothing either: stop instead of looping for ever
+                    raise OpenUniError(f"no readable record for reader {part} of {parts} in the WebDataset shards "
+                                       f"{order[0]}...: the shards are unreadable or hold fewer records than readers")
 
         return itertools.islice(records(), records_to_skip, None)
 
