@@ -7,6 +7,8 @@ reach nested data sources as `data.0.path=...`.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +142,10 @@ def apply_override(values: dict, key: str, value) -> None:
             target = target[index]
         else:
             target = target.setdefault(part, [] if part == "data" else {})
+    if not isinstance(target, (dict, list)) or (isinstance(target, list) and not parts[-1].isdigit()):
+        raise OpenUniError(f"override {key}: {'.'.join(parts[:-1])} has no setting {parts[-1]!r}")
+    if isinstance(target, list):
+        raise OpenUniError(f"override {key}: set a data source's fields, e.g. {key}.path=...")
     target[parts[-1]] = value
 
 
@@ -171,6 +177,41 @@ def build_config(source: str, overrides: list[str]) -> TrainConfig:
     return from_dict(values)
 
 
+def typed_value(name: str, value, annotation):
+    """`value` as the field's type says, or an OpenUniError naming the setting. YAML reads `1e-4` (no dot) as a
+    string, so numbers given as text are converted."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if value is None and type(None) in options:
+        return None
+    wanted = next((o for o in options if o is not type(None)), annotation)
+    origin = typing.get_origin(wanted) or wanted
+    try:
+        if wanted is bool and isinstance(value, bool):
+            return value
+        if wanted in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            number = float(value)
+            if wanted is float:
+                return number
+            if number.is_integer():
+                return int(value) if isinstance(value, int) else int(number)
+        if wanted is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(wanted)):
+            return tuple(typed_value(name, v, t) for v, t in zip(value, typing.get_args(wanted)))
+        if origin is list and isinstance(value, list):
+            return [typed_value(name, v, typing.get_args(wanted)[0]) for v in value]
+        if origin is dict and isinstance(value, dict):
+            return value
+    except ValueError:
+        pass
+    raise OpenUniError(f"setting {name}: expected {getattr(wanted, '__name__', wanted)}, got {value!r}")
+
+
+def typed_values(cls, values: dict, prefix: str = "") -> dict:
+    hints = typing.get_type_hints(cls)
+    return {key: typed_value(prefix + key, value, hints[key]) for key, value in values.items()}
+
+
 def from_dict(values: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -180,11 +221,10 @@ def from_dict(values: dict) -> TrainConfig:
     data = []
     for i, entry in enumerate(values.get("data") or []):
         if not isinstance(entry, dict) or set(entry) - source_fields:
-            raise OpenUniError(f"data.{i}: unknown keys {sorted(set(entry) - source_fields)}; known: {sorted(source_fields)}")
-        data.append(DataSource(**entry))
-    values = {**values, "data": data}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+            unknown_keys = sorted(set(entry) - source_fields) if isinstance(entry, dict) else entry
+            raise OpenUniError(f"data.{i}: unknown keys {unknown_keys}; known: {sorted(source_fields)}")
+        data.append(DataSource(**typed_values(DataSource, entry, f"data.{i}.")))
+    values = {**typed_values(TrainConfig, {k: v for k, v in values.items() if k != "data"}), "data": data}
     config = TrainConfig(**values)
     config.check()
     return config
