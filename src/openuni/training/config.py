@@ -194,8 +194,8 @@ def typed_value(name: str, value, annotation):
                 return number
             if number.is_integer():
                 return int(value) if isinstance(value, int) else int(number)
-        if wanted is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        if wanted is str and isinstance(value, (str, int, float)):
+            return str(value).lower() if isinstance(value, bool) else str(value)  # resume=no reads as False
         if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(wanted)):
             return tuple(typed_value(name, v, t) for v, t in zip(value, typing.get_args(wanted)))
         if origin is list and isinstance(value, list):
