@@ -176,3 +176,14 @@ def test_weight_decay_reaches_only_matrices_and_the_schedule_warms_up_then_decay
     assert factor[505] == pytest.approx(0.5) and factor[1000] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(factor[10:], factor[11:]))  # cosine decay
     assert factor[257] == pytest.approx(0.5 * (1 + math.cos(math.pi * 247 / 990)))
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_the_training_sigma_shift_is_a_setting_unshifted_by_default(tiny, data, tmp_path, shift):
+    from openuni.training.trainer import Trainer
+
+    overrides = {} if shift == 1.0 else dict(train_shift=shift)
+    schedule = Trainer(tiny_train_config(tiny, data, tmp_path, **overrides)).trainable.train_scheduler
+    plain = torch.arange(1000, 0, -1, dtype=torch.float64) / 1000  # the reference's: (1000 - i) / 1000
+    expected = shift * plain / (1 + (shift - 1) * plain)
+    torch.testing.assert_close(schedule.sigmas[:1000].double(), expected, atol=1e-6, rtol=0)

@@ -58,6 +58,7 @@ class TrainConfig:
     warmup_ratio: float = 0.01
     warmup_start_factor: float = 1e-5
     grad_clip: float = 1.0
+    train_shift: float = 1.0  # sigma shift of the training schedule; the reference's is unshifted (parity quirk 7)
     mixed_precision: str = "bf16"  # bf16 | fp16 | no
     seed: int = 42
     # what trains
@@ -91,6 +92,8 @@ class TrainConfig:
             raise OpenUniError(f"resolution must be a multiple of 32, got {self.resolution}")
         if self.mixed_precision not in ("bf16", "fp16", "no"):
             raise OpenUniError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.train_shift <= 0:
+            raise OpenUniError(f"train_shift must be positive, got {self.train_shift}")
         if not 0 <= self.caption_dropout < 1:
             raise OpenUniError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 

@@ -75,7 +75,7 @@ class Trainer:
         self.lower_frozen_precision()
         configure_trainable(self.model, config.train_transformer, config.lora_rank, config.lora_alpha,
                             config.activation_checkpointing)
-        self.trainable = TrainableOpenUni(self.model, training_scheduler(self.pipe.scheduler.config))
+        self.trainable = TrainableOpenUni(self.model, training_scheduler(self.pipe.scheduler.config, config.train_shift))
         try:
             self.optimizer = build_optimizer(self.trainable, config.lr, config.betas, config.weight_decay)
         except ValueError as error:
