@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from diffusers import AutoencoderDC
     from tqdm.auto import tqdm
 
-    from ..data.latent_cache import LatentExtractor
+    from ..data.latent_cache import LatentExtractor, check_settings, shard_plan
     from ..data.sources import JsonImageFolder, WebDatasetShards
     from ..errors import OpenUniError
     from ..loading import resolve_dir
@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         source = JsonImageFolder(args.path, args.image_dir, args.annotation_dir, args.caption_key)
     else:
         source = WebDatasetShards(args.path, args.caption_key)
+    settings = dict(kind=args.kind, resolution=args.resolution, shards=len(shard_plan(source, args.shard_size)),
+                    shard_size=args.shard_size if args.kind == "json" else None)
+    check_settings(args.output, settings, record=state.is_main_process)
     vae_dir = resolve_dir(args.vae, "DC-AE", "--vae", ["*.json", "*.safetensors"], local_files_only=False)
     if (vae_dir / "vae" / "config.json").is_file():
         vae_dir = vae_dir / "vae"

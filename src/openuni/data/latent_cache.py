@@ -14,11 +14,32 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..files import write_atomically
+from ..errors import OpenUniError
+from ..files import write_atomically, write_text_atomically
 from .images import BadSample, crop_to, to_pixels
 from .sources import JsonImageFolder, WebDatasetShards
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS_FILE = "extraction.json"
+
+
+def check_settings(output: Path, settings: dict, record: bool) -> None:
+    """The shards of one folder must come from one plan: resuming with another shard size, resolution or data set
+    would duplicate samples or mix latent sizes. The first run records its settings; later runs must match them."""
+    path = Path(output) / SETTINGS_FILE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise OpenUniError(f"{path} is unreadable ({error}): delete it only if every shard there is from this run")
+        differing = [f"{key} {recorded.get(key)} (now {value})" for key, value in settings.items() if recorded.get(key) != value]
+        if differing:
+            raise OpenUniError(f"{output} holds shards extracted with other settings: {', '.join(differing)}; "
+                               "rerun with those settings or use another --output")
+    elif record:
+        write_text_atomically(path, json.dumps(settings, indent=1))
 
 
 def shard_path(output: Path, shard: int) -> Path:
