@@ -174,3 +174,16 @@ def test_missing_or_unreadable_webdataset_shards_fail_instead_of_hanging(tmp_pat
     reader.start()
     reader.join(timeout=30)
     assert outcome and "no readable record" in str(outcome[0])
+
+
+def test_mixed_sources_keep_each_ones_item_order_instead_of_reshuffling_at_every_switch(tmp_path):
+    from openuni.data.sources import CachedLatents, JsonImageFolder
+    from openuni.data.stream import SampleStream, StreamLayout
+
+    images = JsonImageFolder(write_json_dataset(tmp_path / "images", count=4))
+    latents = CachedLatents(write_latent_dataset(tmp_path / "latents", count=4))
+    stream = SampleStream([images, latents], [1.0, 1.0], StreamLayout(seed=0, per_device_batch=4), resolution=64)
+    first = stream.item_order(0, 0)
+    stream.item_order(1, 0)  # the other source's turn
+    assert stream.item_order(0, 0) is first  # not recomputed (a permutation of the whole data set)
+    assert stream.item_order(0, 1) is not first and sorted(stream.item_order(0, 1)) == sorted(first)

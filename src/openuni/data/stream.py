@@ -80,7 +80,7 @@ class SampleStream(IterableDataset):
         total = float(sum(ratios))
         self.cumulative = list(itertools.accumulate(r / total for r in ratios))
         self.resolution, self.buckets = resolution, buckets
-        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+        self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # source -> (epoch, item order)
         self._known_bad: set[tuple[int, int]] = set()  # logged once, counted every time they are passed over
 
     def choose_source(self, index: int) -> int:
@@ -106,10 +106,13 @@ class SampleStream(IterableDataset):
     # -- random-access sources ------------------------------------------------------------------------------------
 
     def item_order(self, source: int, epoch: int) -> np.ndarray:
-        key = (source, epoch)
-        if key not in self._permutations:
-            self._permutations = {key: np.random.default_rng([self.layout.seed, source, epoch]).permutation(len(self.sources[source]))}
-        return self._permutations[key]
+        """The shuffled item order of one source in one epoch, the current epoch of each source kept (mixed sources
+        alternate sample by sample; a permutation of millions of items is too slow to redo at each switch)."""
+        cached_epoch, order = self._permutations.get(source, (None, None))
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self.layout.seed, source, epoch]).permutation(len(self.sources[source]))
+            self._permutations[source] = (epoch, order)
+        return order
 
     def read_indexed(self, source: int, index: int) -> tuple[dict, int]:
         size = len(self.sources[source])
