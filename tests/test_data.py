@@ -187,3 +187,29 @@ def test_mixed_sources_keep_each_ones_item_order_instead_of_reshuffling_at_every
     stream.item_order(1, 0)  # the other source's turn
     assert stream.item_order(0, 0) is first  # not recomputed (a permutation of the whole data set)
     assert stream.item_order(0, 1) is not first and sorted(stream.item_order(0, 1)) == sorted(first)
+
+
+def test_broken_tar_members_are_counted_with_the_skipped_samples(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    import webdataset as wds
+
+    from openuni.data.sources import WebDatasetShards
+    from openuni.data.stream import SampleStream, StreamLayout
+    from training_helpers import synthetic_image
+
+    shard = tmp_path / "part-0.tar"
+    with wds.TarWriter(str(shard)) as writer:
+        for index in range(3):
+            png = io.BytesIO()
+            synthetic_image(index).save(png, format="PNG")
+            writer.write({"__key__": f"{index:06d}", "png": png.getvalue(), "txt": CAPTIONS[index],
+                          "json": json.dumps({"note": "x" * 600})})
+    with tarfile.open(shard) as tar:
+        cut = tar.getmembers()[-1].offset_data + 100  # inside the last record's extra member: its image and caption are whole
+    shard.write_bytes(shard.read_bytes()[:cut])
+    samples = take(SampleStream([WebDatasetShards(str(shard))], [1.0], StreamLayout(seed=0, per_device_batch=3),
+                                resolution=64), 6)
+    assert len(samples) == 6 and sum(s["skipped"] for s in samples) >= 1

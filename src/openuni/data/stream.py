@@ -149,13 +149,17 @@ class SampleStream(IterableDataset):
                     raise OpenUniError(f"no readable record for reader {part} of {parts} in the WebDataset shards "
                                        f"{order[0]}...: the shards are unreadable or hold fewer records than readers")
 
-        return itertools.islice(records(), records_to_skip, None)
+        stream = records()
+        for _ in itertools.islice(stream, records_to_skip):  # now, so that what breaks here is not counted again
+            pass
+        return stream
 
     def read_streamed(self, stream, source: WebDatasetShards) -> tuple[dict, int]:
-        skipped = 0
+        """The next usable sample, and how many were passed over: bad samples and broken tar members alike."""
+        skipped, broken_before = 0, source.broken_records
         for record in stream:
             try:
-                return source.sample(record), skipped
+                return source.sample(record), skipped + source.broken_records - broken_before
             except BadSample as error:
                 skipped += 1
                 logger.warning("skipping an unusable sample: %s", error)
