@@ -94,6 +94,13 @@ class LatentExtractor:
 
     def extract_shard(self, shard: int, on_sample=lambda: None) -> int:
         latents, captions, keys, pending, skipped = [], [], [], [], 0
+
+        def encode_pending():
+            latents.extend(self.encode_batch([s["image"] for s in pending]))
+            captions.extend(s["caption"] for s in pending)
+            keys.extend(s["key"] for s in pending)
+            pending.clear()
+
         for sample in shard_samples(self.source, self.plan[shard]):
             on_sample()
             if isinstance(sample, BadSample):
@@ -102,14 +109,9 @@ class LatentExtractor:
                 continue
             pending.append(sample)
             if len(pending) == self.batch_size:
-                latents += self.encode_batch([s["image"] for s in pending])
-                captions += [s["caption"] for s in pending]
-                keys += [s["key"] for s in pending]
-                pending = []
+                encode_pending()
         if pending:
-            latents += self.encode_batch([s["image"] for s in pending])
-            captions += [s["caption"] for s in pending]
-            keys += [s["key"] for s in pending]
+            encode_pending()
         self.output.mkdir(parents=True, exist_ok=True)
         write_shard(shard_path(self.output, shard), latents, captions, keys, skipped)
         self.skipped += skipped

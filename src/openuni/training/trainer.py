@@ -248,6 +248,7 @@ class Trainer:
     @torch.no_grad()
     def write_samples(self) -> None:
         """A grid of the sample prompts at this step, saved and sent to TensorBoard (main process)."""
+        from ..files import save_image_atomically
         from ..images import image_grid
         from ..pipeline import OpenUniPipeline
 
@@ -262,9 +263,7 @@ class Trainer:
         with self.accelerator.autocast():
             images = pipe(self.config.sample_prompts, height=size, width=size, num_inference_steps=self.config.sample_steps,
                           seed=0, output_type="pil").images
-        path = self.output_dir / "samples" / f"step-{self.step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(images).save(path)
+        save_image_atomically(image_grid(images), self.output_dir / "samples" / f"step-{self.step:08d}.png")
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 import numpy as np
