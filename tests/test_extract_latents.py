@@ -51,13 +51,14 @@ def test_extraction_resumes_after_a_kill_without_duplicates_or_torn_files(tiny, 
     assert not (out / ".shard-000001.safetensors.partial").exists()
 
 
-def test_latents_are_the_vae_encoding_and_train_like_images(tiny, tiny_pipe, tmp_path):
+def test_latents_are_the_vae_encoding_and_train_like_images(tiny, tiny_pipe, tmp_path, capsys):
     from openuni.data.images import crop_to, to_pixels
     from openuni.data.sources import CachedLatents, JsonImageFolder
 
     urls = write_webdataset(tmp_path / "wds", shards=2, per_shard=2)
     out = tmp_path / "latents"
     assert run_cli("webdataset", urls, "--output", out, "--vae", tiny.vae, "--resolution", 64, "--device", "cpu") == 0
+    assert "2/2 [" in capsys.readouterr().err  # the progress bar knows its total (so it shows an ETA)
     cache = CachedLatents(out)
     assert len(cache) == 4
     sample = cache[0]

@@ -66,12 +66,16 @@ def run(args: argparse.Namespace) -> int:
     extractor = LatentExtractor(source, args.output, encode, args.resolution, args.batch_size, args.shard_size,
                                 state.process_index, state.num_processes)
     pending = extractor.pending()
-    sizes = [len(extractor.plan[i]) if args.kind == "json" else None for i in pending]
-    total = sum(sizes) if all(s is not None for s in sizes) else None
+    # The ETA needs a total: images for JSON sets, input tars for WebDataset (whose record counts are unknown).
+    by_image = args.kind == "json"
+    total = sum(len(extractor.plan[i]) for i in pending) if by_image else len(pending)
     written = 0
-    with tqdm(total=total, unit="img", desc=f"latents [{state.process_index}]", disable=not pending) as bar:
+    with tqdm(total=total, unit="img" if by_image else "shard", desc=f"latents [{state.process_index}]",
+              disable=not pending) as bar:
         for shard in pending:
-            written += extractor.extract_shard(shard, on_sample=lambda: bar.update(1))
+            written += extractor.extract_shard(shard, on_sample=lambda: bar.update(1) if by_image else None)
+            if not by_image:
+                bar.update(1)
     state.wait_for_everyone()
     done = len(extractor.mine) - len(pending)
     print(f"process {state.process_index}: wrote {len(pending)} shards ({written} latents), {done} were already "
