@@ -205,3 +205,16 @@ def test_gradient_accumulation_matches_one_larger_batch(tiny, data, tmp_path):
     for key, tensor in whole_weights.items():
         if not key.endswith(("k_proj.bias", "attn2.to_k.bias")):
             torch.testing.assert_close(accumulated_weights[key], tensor, atol=5e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_resuming_with_other_data_settings_says_so(tiny, data, tmp_path, caplog):
+    import logging
+
+    from openuni.training.trainer import Trainer
+
+    Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=1)).run()
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING, logger="openuni"):
+        Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=2, seed=8, batch_size=1)).run()
+    warnings = [r.getMessage() for r in caplog.records if "resuming with other" in r.getMessage()]
+    assert len(warnings) == 1 and "seed" in warnings[0] and "global_batch" in warnings[0]

@@ -151,10 +151,21 @@ class Trainer:
         if found is None:
             return
         state = checkpointing.read_trainer_state(found)
+        self.warn_about_changed_data_settings(state)
         self.accelerator.load_state(str(found))
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
         self.losses = state.get("losses", [])
         self.accelerator.print(f"resumed from {found} at step {self.step}")
+
+    def warn_about_changed_data_settings(self, state: dict) -> None:
+        """The data position is the step, read with the checkpoint's seed, data and global batch: with other ones
+        the resumed run trains on other samples than the interrupted one would have (allowed, but said)."""
+        saved, now = state.get("config", {}), self.saved_config()
+        changed = [key for key in ("seed", "data", "global_batch", "caption_dropout") if key in saved
+                   and saved[key] != now[key]]
+        if changed:
+            logger.warning("resuming with other %s than the checkpoint's: the run will not continue the same sample "
+                           "sequence and loss curve", ", ".join(changed))
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
@@ -164,9 +175,14 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
-                                                            losses=self.losses, config=self.config.to_dict()))
+                                                            losses=self.losses, config=self.saved_config()))
             checkpointing.publish(self.output_dir, self.step, self.config.keep_checkpoints)
         acc.wait_for_everyone()
+
+    def saved_config(self) -> dict:
+        config = self.config.to_dict()
+        config["global_batch"] = self.config.batch_size * self.config.grad_accum * self.accelerator.num_processes
+        return config
 
     def export(self, directory: Path) -> None:
         """The trained weights as a loadable pipeline (`pipeline/`) and as a release-style `openuni.pth`."""
