@@ -218,3 +218,18 @@ def test_resuming_with_other_data_settings_says_so(tiny, data, tmp_path, caplog)
         Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=2, seed=8, batch_size=1)).run()
     warnings = [r.getMessage() for r in caplog.records if "resuming with other" in r.getMessage()]
     assert len(warnings) == 1 and "seed" in warnings[0] and "global_batch" in warnings[0]
+
+
+@pytest.mark.parametrize("package, setting", [("peft", dict(lora_rank=2)), ("tensorboard", dict(log_with="tensorboard"))])
+def test_a_missing_optional_package_is_a_clear_error_before_anything_loads(tiny, data, tmp_path, monkeypatch,
+                                                                             package, setting):
+    import sys
+
+    from openuni.errors import OpenUniError
+    from openuni.training.trainer import Trainer
+
+    monkeypatch.setitem(sys.modules, package, None)  # what a plain `pip install openuni` (no [train] extra) has
+    if package == "tensorboard":
+        monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(OpenUniError, match=rf"needs {package}: pip install 'openuni\[train\]'"):
+        Trainer(tiny_train_config(tiny, data, tmp_path, **setting))

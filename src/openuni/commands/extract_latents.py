@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.sources import JsonImageFolder, WebDatasetShards
     from ..errors import OpenUniError
     from ..loading import resolve_dir
+    from ..training.config import require_packages
     from ..training.trainer import cpu_only
 
     if args.resolution <= 0 or args.resolution % 32:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise OpenUniError("--batch-size and --shard-size must be at least 1")
     state = PartialState(cpu=args.device == "cpu" or cpu_only())
     device = torch.device(args.device) if args.device else state.device
+    require_packages({"webdataset": args.kind == "webdataset"})
     if args.kind == "json":
         source = JsonImageFolder(args.path, args.image_dir, args.annotation_dir, args.caption_key)
     else:

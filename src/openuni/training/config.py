@@ -7,6 +7,7 @@ reach nested data sources as `data.0.path=...`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -105,6 +106,21 @@ class TrainConfig:
 # pretraining and 8 in finetuning. The reference trains on 16 (B/L-512) or 32 (L-1024) GPUs in pretraining, 8 in
 # finetuning: with fewer GPUs raise grad_accum to keep the global batch.
 REFERENCE_BATCH = {("pretrain", 512): 32, ("pretrain", 1024): 16, ("finetune", 512): 32, ("finetune", 1024): 8}
+
+
+def require_packages(wanted: dict[str, bool]) -> None:
+    """The optional packages (the `train` extra) that are wanted, checked before anything loads: a missing one
+    would otherwise be an ImportError deep inside the run."""
+    missing = [name for name, needed in wanted.items() if needed and importlib.util.find_spec(name) is None]
+    if missing:
+        raise OpenUniError(f"this needs {', '.join(missing)}: pip install 'openuni[train]'"
+                           + (" wandb" if "wandb" in missing else ""))
+
+
+def require_training_packages(config: TrainConfig) -> None:
+    require_packages({"peft": config.lora_rank > 0,
+                      "webdataset": any(source.kind == "webdataset" for source in config.data),
+                      "tensorboard": config.log_with == "tensorboard", "wandb": config.log_with == "wandb"})
 
 
 def _preset(variant: str, stage: str) -> dict:

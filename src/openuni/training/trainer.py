@@ -19,7 +19,7 @@ from ..data.stream import SampleStream, StreamLayout, sample_generator
 from ..errors import OpenUniError
 from ..model import training_scheduler
 from . import checkpointing
-from .config import TrainConfig
+from .config import TrainConfig, require_training_packages
 from .model import TrainableOpenUni, configure_trainable, merge_lora
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -59,6 +59,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
+        require_training_packages(config)
         self.config = config
         log_with = None if str(config.log_with).lower() in ("none", "") else config.log_with
         self.accelerator = accelerator or Accelerator(
