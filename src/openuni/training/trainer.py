@@ -216,8 +216,9 @@ class Trainer:
         for _ in range(self.config.grad_accum):
             samples = next(micro_batches)
             self.skipped_samples += sum(s["skipped"] for s in samples)
-            with acc.accumulate(self.wrapped), acc.autocast():
-                loss = self.wrapped(**self.model_inputs(samples)).mean()
+            with acc.accumulate(self.wrapped):
+                with acc.autocast():  # the forward pass only: torch advises against backward under autocast
+                    loss = self.wrapped(**self.model_inputs(samples)).mean()
                 acc.backward(loss)
                 if acc.sync_gradients and self.config.grad_clip > 0:
                     acc.clip_grad_norm_(self.wrapped.parameters(), self.config.grad_clip)
