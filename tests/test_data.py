@@ -147,3 +147,69 @@ def test_collation_drops_captions_truncates_and_pads_with_zero(tiny_pipe):
     assert (ids[1][~mask[1]] == 0).all()
     left_ids, left_mask = pad_sequences([[5, 6, 7], [8]], side="left")
     assert left_ids.tolist() == [[5, 6, 7], [0, 0, 8]] and left_mask.tolist() == [[True] * 3, [False, False, True]]
+
+
+def test_missing_or_unreadable_webdataset_shards_fail_instead_of_hanging(tmp_path):
+    import threading
+
+    from openuni.data.sources import WebDatasetShards
+    from openuni.data.stream import SampleStream, StreamLayout
+    from openuni.errors import OpenUniError
+
+    with pytest.raises(OpenUniError, match="do not exist"):
+        WebDatasetShards(str(tmp_path / "missing-{0..1}.tar"))
+
+    (tmp_path / "garbage.tar").write_bytes(b"not a tar file at all" * 100)
+    stream = SampleStream([WebDatasetShards(str(tmp_path / "garbage.tar"))], [1.0], StreamLayout(seed=0, per_device_batch=1),
+                          resolution=64)
+    outcome = []
+
+    def read_one():
+        try:
+            take(stream, 1)
+        except OpenUniError as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=read_one, daemon=True)  # the old code looped for ever here
+    reader.start()
+    reader.join(timeout=30)
+    assert outcome and "no readable record" in str(outcome[0])
+
+
+def test_mixed_sources_keep_each_ones_item_order_instead_of_reshuffling_at_every_switch(tmp_path):
+    from openuni.data.sources import CachedLatents, JsonImageFolder
+    from openuni.data.stream import SampleStream, StreamLayout
+
+    images = JsonImageFolder(write_json_dataset(tmp_path / "images", count=4))
+    latents = CachedLatents(write_latent_dataset(tmp_path / "latents", count=4))
+    stream = SampleStream([images, latents], [1.0, 1.0], StreamLayout(seed=0, per_device_batch=4), resolution=64)
+    first = stream.item_order(0, 0)
+    stream.item_order(1, 0)  # the other source's turn
+    assert stream.item_order(0, 0) is first  # not recomputed (a permutation of the whole data set)
+    assert stream.item_order(0, 1) is not first and sorted(stream.item_order(0, 1)) == sorted(first)
+
+
+def test_broken_tar_members_are_counted_with_the_skipped_samples(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    import webdataset as wds
+
+    from openuni.data.sources import WebDatasetShards
+    from openuni.data.stream import SampleStream, StreamLayout
+    from training_helpers import synthetic_image
+
+    shard = tmp_path / "part-0.tar"
+    with wds.TarWriter(str(shard)) as writer:
+        for index in range(3):
+            png = io.BytesIO()
+            synthetic_image(index).save(png, format="PNG")
+            writer.write({"__key__": f"{index:06d}", "png": png.getvalue(), "txt": CAPTIONS[index],
+                          "json": json.dumps({"note": "x" * 600})})
+    with tarfile.open(shard) as tar:
+        cut = tar.getmembers()[-1].offset_data + 100  # inside the last record's extra member: its image and caption are whole
+    shard.write_bytes(shard.read_bytes()[:cut])
+    samples = take(SampleStream([WebDatasetShards(str(shard))], [1.0], StreamLayout(seed=0, per_device_batch=3),
+                                resolution=64), 6)
+    assert len(samples) == 6 and sum(s["skipped"] for s in samples) >= 1

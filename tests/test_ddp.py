@@ -66,3 +66,37 @@ def test_two_process_ddp_matches_one_process(tiny, tmp_path):
     for key, tensor in single_weights.items():
         atol = 3 * 3 * 1e-3 if key in noise_driven else 5e-5  # steps x lr for the noise-driven ones
         torch.testing.assert_close(ddp_weights[key], tensor, atol=atol, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+SLOW_RANK_RUN = """
+import sys
+import time
+
+import yaml
+
+from openuni.training.config import from_dict
+from openuni.training.trainer import Trainer
+
+trainer = Trainer(from_dict(yaml.safe_load(open(sys.argv[1]))))
+if trainer.accelerator.process_index == 1:
+    # Rank 1 writes its part of each checkpoint late, as a slow disk or a large shard would.
+    trainer.accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: time.sleep(3))
+trainer.run()
+"""
+
+
+def test_a_checkpoint_is_published_only_when_every_process_has_written_its_part(tiny, tmp_path):
+    from openuni.training import checkpointing
+
+    data = write_json_dataset(tmp_path / "data", count=4)
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_train_values(tiny, data, tmp_path / "run", max_steps=1, batch_size=1)))
+    script = tmp_path / "slow_rank.py"
+    script.write_text(SLOW_RANK_RUN)
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(script), str(config_file)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [checkpoint] = checkpointing.complete_checkpoints(tmp_path / "run")
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}

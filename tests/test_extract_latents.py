@@ -51,13 +51,14 @@ def test_extraction_resumes_after_a_kill_without_duplicates_or_torn_files(tiny, 
     assert not (out / ".shard-000001.safetensors.partial").exists()
 
 
-def test_latents_are_the_vae_encoding_and_train_like_images(tiny, tiny_pipe, tmp_path):
+def test_latents_are_the_vae_encoding_and_train_like_images(tiny, tiny_pipe, tmp_path, capsys):
     from openuni.data.images import crop_to, to_pixels
     from openuni.data.sources import CachedLatents, JsonImageFolder
 
     urls = write_webdataset(tmp_path / "wds", shards=2, per_shard=2)
     out = tmp_path / "latents"
     assert run_cli("webdataset", urls, "--output", out, "--vae", tiny.vae, "--resolution", 64, "--device", "cpu") == 0
+    assert "2/2 [" in capsys.readouterr().err  # the progress bar knows its total (so it shows an ETA)
     cache = CachedLatents(out)
     assert len(cache) == 4
     sample = cache[0]
@@ -74,3 +75,21 @@ def test_bad_arguments_fail_cleanly(tiny, tmp_path, capsys):
     assert run_cli("json", index, "--output", tmp_path / "o", "--vae", tiny.vae, "--resolution", 50) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert run_cli("json", tmp_path / "missing.json", "--output", tmp_path / "o", "--vae", tiny.vae) == 2
+
+
+def test_resuming_with_other_settings_is_refused_instead_of_duplicating_samples(tiny, tmp_path, capsys):
+    index = write_json_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "latents"
+    common = ["json", index, "--output", out, "--vae", tiny.vae, "--batch-size", 2, "--device", "cpu"]
+    assert run_cli(*common, "--resolution", 64, "--shard-size", 3) == 0
+    (out / "shard-000001.safetensors").unlink()  # interrupted before its last shard
+    before = sorted(p.name for p in out.glob("shard-*"))
+    # Shard 1 of size 2 would repeat items 2 and 3... of which item 2 is already in shard 0.
+    assert run_cli(*common, "--resolution", 64, "--shard-size", 2) == 2
+    assert "shard_size 3 (now 2)" in capsys.readouterr().err
+    assert run_cli(*common, "--resolution", 96, "--shard-size", 3) == 2
+    assert "resolution 64 (now 96)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("shard-*")) == before
+    assert run_cli(*common, "--resolution", 64, "--shard-size", 3) == 0
+    keys, _ = read_shards(out)
+    assert sorted(keys) == [f"{i:04d}.png" for i in range(4)]

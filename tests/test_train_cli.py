@@ -75,3 +75,18 @@ def test_missing_data_fails_before_the_model_loads(tmp_path, capsys):
                    "log_with=none", "mllm=/nonexistent/mllm")
     assert code == 2
     assert "cannot read the dataset index" in capsys.readouterr().err
+
+
+def test_numbers_written_without_a_dot_and_wrong_types_are_handled(capsys):
+    from openuni.training.config import build_config
+
+    # YAML reads `2e-5` as text; the docs' own example `lr=2e-5` must still give a number AdamW takes.
+    config = build_config("finetune-b-512", ["data.0.path=x", "lr=2e-5", "weight_decay=5e-2", "max_steps=1e3",
+                                             "data.0.ratio=3"])
+    assert config.lr == 2e-5 and config.weight_decay == 0.05 and config.max_steps == 1000
+    assert isinstance(config.max_steps, int) and config.data[0].ratio == 3.0
+    for override, message in [("batch_size=abc", "batch_size: expected int"), ("batch_size=1.5", "expected int"),
+                              ("train_transformer=maybe", "expected bool"), ("data.0.ratio=x", "data.0.ratio"),
+                              ("lr.x=1", "lr has no setting 'x'"), ("data.0=3", "data source's fields")]:
+        assert run_cli("train", "pretrain-b-512", "data.0.path=x", override, "--print-config") == 2, override
+        assert message in capsys.readouterr().err, override

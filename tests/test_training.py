@@ -176,3 +176,60 @@ def test_weight_decay_reaches_only_matrices_and_the_schedule_warms_up_then_decay
     assert factor[505] == pytest.approx(0.5) and factor[1000] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(factor[10:], factor[11:]))  # cosine decay
     assert factor[257] == pytest.approx(0.5 * (1 + math.cos(math.pi * 247 / 990)))
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_the_training_sigma_shift_is_a_setting_unshifted_by_default(tiny, data, tmp_path, shift):
+    from openuni.training.trainer import Trainer
+
+    overrides = {} if shift == 1.0 else dict(train_shift=shift)
+    schedule = Trainer(tiny_train_config(tiny, data, tmp_path, **overrides)).trainable.train_scheduler
+    plain = torch.arange(1000, 0, -1, dtype=torch.float64) / 1000  # the reference's: (1000 - i) / 1000
+    expected = shift * plain / (1 + (shift - 1) * plain)
+    torch.testing.assert_close(schedule.sigmas[:1000].double(), expected, atol=1e-6, rtol=0)
+
+
+def test_gradient_accumulation_matches_one_larger_batch(tiny, data, tmp_path):
+    """grad_accum=2 with batch 2 is the same optimisation as batch 4: same samples, same losses, same weights."""
+    from openuni.checkpoints import read_state_dict
+    from openuni.training.trainer import Trainer
+
+    settings = dict(max_steps=3, train_transformer=True)
+    accumulated = Trainer(tiny_train_config(tiny, data, tmp_path / "accum", batch_size=2, grad_accum=2, **settings)).run()
+    reset_accelerate()
+    whole = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", batch_size=4, **settings)).run()
+    assert accumulated == pytest.approx(whole, rel=1e-5, abs=1e-6)
+    accumulated_weights = read_state_dict(tmp_path / "accum" / "final" / "openuni.pth")
+    whole_weights = read_state_dict(tmp_path / "whole" / "final" / "openuni.pth")
+    # As in the DDP test: key biases get no true gradient, so Adam moves them by float noise; skip them.
+    for key, tensor in whole_weights.items():
+        if not key.endswith(("k_proj.bias", "attn2.to_k.bias")):
+            torch.testing.assert_close(accumulated_weights[key], tensor, atol=5e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_resuming_with_other_data_settings_says_so(tiny, data, tmp_path, caplog):
+    import logging
+
+    from openuni.training.trainer import Trainer
+
+    Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=1)).run()
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING, logger="openuni"):
+        Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=2, seed=8, batch_size=1)).run()
+    warnings = [r.getMessage() for r in caplog.records if "resuming with other" in r.getMessage()]
+    assert len(warnings) == 1 and "seed" in warnings[0] and "global_batch" in warnings[0]
+
+
+@pytest.mark.parametrize("package, setting", [("peft", dict(lora_rank=2)), ("tensorboard", dict(log_with="tensorboard"))])
+def test_a_missing_optional_package_is_a_clear_error_before_anything_loads(tiny, data, tmp_path, monkeypatch,
+                                                                             package, setting):
+    import sys
+
+    from openuni.errors import OpenUniError
+    from openuni.training.trainer import Trainer
+
+    monkeypatch.setitem(sys.modules, package, None)  # what a plain `pip install openuni` (no [train] extra) has
+    if package == "tensorboard":
+        monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(OpenUniError, match=rf"needs {package}: pip install 'openuni\[train\]'"):
+        Trainer(tiny_train_config(tiny, data, tmp_path, **setting))

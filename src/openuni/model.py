@@ -166,11 +166,12 @@ class FlowMatchingOutput:
     sigmas: torch.Tensor
 
 
-def training_scheduler(sampling_scheduler_config) -> "FlowMatchEulerDiscreteScheduler":
+def training_scheduler(sampling_scheduler_config, shift: float = 1.0) -> "FlowMatchEulerDiscreteScheduler":
     """The reference's training schedule: a flow-match Euler scheduler read from the sampling scheduler's config.
 
     That config has `flow_shift` but no `shift`, so the training sigmas are unshifted: sigma = (1000 - i) / 1000.
+    `shift` other than 1 trains on shifted sigmas instead (SPEC: keep it configurable).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return FlowMatchEulerDiscreteScheduler.from_config(dict(sampling_scheduler_config))
+    return FlowMatchEulerDiscreteScheduler.from_config(dict(sampling_scheduler_config), shift=shift)

@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from diffusers import AutoencoderDC
     from tqdm.auto import tqdm
 
-    from ..data.latent_cache import LatentExtractor
+    from ..data.latent_cache import LatentExtractor, check_settings, shard_plan
     from ..data.sources import JsonImageFolder, WebDatasetShards
     from ..errors import OpenUniError
     from ..loading import resolve_dir
+    from ..training.config import require_packages
     from ..training.trainer import cpu_only
 
     if args.resolution <= 0 or args.resolution % 32:
@@ -47,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
         raise OpenUniError("--batch-size and --shard-size must be at least 1")
     state = PartialState(cpu=args.device == "cpu" or cpu_only())
     device = torch.device(args.device) if args.device else state.device
+    require_packages({"webdataset": args.kind == "webdataset"})
     if args.kind == "json":
         source = JsonImageFolder(args.path, args.image_dir, args.annotation_dir, args.caption_key)
     else:
         source = WebDatasetShards(args.path, args.caption_key)
+    settings = dict(kind=args.kind, resolution=args.resolution, shards=len(shard_plan(source, args.shard_size)),
+                    shard_size=args.shard_size if args.kind == "json" else None)
+    check_settings(args.output, settings, record=state.is_main_process)
     vae_dir = resolve_dir(args.vae, "DC-AE", "--vae", ["*.json", "*.safetensors"], local_files_only=False)
     if (vae_dir / "vae" / "config.json").is_file():
         vae_dir = vae_dir / "vae"
@@ -63,12 +68,16 @@ def run(args: argparse.Namespace) -> int:
     extractor = LatentExtractor(source, args.output, encode, args.resolution, args.batch_size, args.shard_size,
                                 state.process_index, state.num_processes)
     pending = extractor.pending()
-    sizes = [len(extractor.plan[i]) if args.kind == "json" else None for i in pending]
-    total = sum(sizes) if all(s is not None for s in sizes) else None
+    # The ETA needs a total: images for JSON sets, input tars for WebDataset (whose record counts are unknown).
+    by_image = args.kind == "json"
+    total = sum(len(extractor.plan[i]) for i in pending) if by_image else len(pending)
     written = 0
-    with tqdm(total=total, unit="img", desc=f"latents [{state.process_index}]", disable=not pending) as bar:
+    with tqdm(total=total, unit="img" if by_image else "shard", desc=f"latents [{state.process_index}]",
+              disable=not pending) as bar:
         for shard in pending:
-            written += extractor.extract_shard(shard, on_sample=lambda: bar.update(1))
+            written += extractor.extract_shard(shard, on_sample=lambda: bar.update(1) if by_image else None)
+            if not by_image:
+                bar.update(1)
     state.wait_for_everyone()
     done = len(extractor.mine) - len(pending)
     print(f"process {state.process_index}: wrote {len(pending)} shards ({written} latents), {done} were already "

@@ -14,11 +14,32 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..files import write_atomically
+from ..errors import OpenUniError
+from ..files import write_atomically, write_text_atomically
 from .images import BadSample, crop_to, to_pixels
 from .sources import JsonImageFolder, WebDatasetShards
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS_FILE = "extraction.json"
+
+
+def check_settings(output: Path, settings: dict, record: bool) -> None:
+    """The shards of one folder must come from one plan: resuming with another shard size, resolution or data set
+    would duplicate samples or mix latent sizes. The first run records its settings; later runs must match them."""
+    path = Path(output) / SETTINGS_FILE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise OpenUniError(f"{path} is unreadable ({error}): delete it only if every shard there is from this run")
+        differing = [f"{key} {recorded.get(key)} (now {value})" for key, value in settings.items() if recorded.get(key) != value]
+        if differing:
+            raise OpenUniError(f"{output} holds shards extracted with other settings: {', '.join(differing)}; "
+                               "rerun with those settings or use another --output")
+    elif record:
+        write_text_atomically(path, json.dumps(settings, indent=1))
 
 
 def shard_path(output: Path, shard: int) -> Path:
@@ -73,6 +94,13 @@ class LatentExtractor:
 
     def extract_shard(self, shard: int, on_sample=lambda: None) -> int:
         latents, captions, keys, pending, skipped = [], [], [], [], 0
+
+        def encode_pending():
+            latents.extend(self.encode_batch([s["image"] for s in pending]))
+            captions.extend(s["caption"] for s in pending)
+            keys.extend(s["key"] for s in pending)
+            pending.clear()
+
         for sample in shard_samples(self.source, self.plan[shard]):
             on_sample()
             if isinstance(sample, BadSample):
@@ -81,14 +109,9 @@ class LatentExtractor:
                 continue
             pending.append(sample)
             if len(pending) == self.batch_size:
-                latents += self.encode_batch([s["image"] for s in pending])
-                captions += [s["caption"] for s in pending]
-                keys += [s["key"] for s in pending]
-                pending = []
+                encode_pending()
         if pending:
-            latents += self.encode_batch([s["image"] for s in pending])
-            captions += [s["caption"] for s in pending]
-            keys += [s["key"] for s in pending]
+            encode_pending()
         self.output.mkdir(parents=True, exist_ok=True)
         write_shard(shard_path(self.output, shard), latents, captions, keys, skipped)
         self.skipped += skipped

@@ -152,6 +152,11 @@ class WebDatasetShards:
 
     def __init__(self, urls: str | list[str], caption_key: str = "caption"):
         self.shards = expand_shards(urls)
+        # webdataset's handler would skip a missing file as one more broken record, and a stream of nothing but
+        # missing files never ends: say so now.
+        missing = [s for s in self.shards if "://" not in s and not s.startswith("pipe:") and not Path(s).is_file()]
+        if missing:
+            raise OpenUniError(f"{len(missing)} of {len(self.shards)} WebDataset shards do not exist, e.g. {missing[0]}")
         self.caption_key = caption_key
         self.broken_records = 0
 

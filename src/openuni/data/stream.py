@@ -80,7 +80,7 @@ class SampleStream(IterableDataset):
         total = float(sum(ratios))
         self.cumulative = list(itertools.accumulate(r / total for r in ratios))
         self.resolution, self.buckets = resolution, buckets
-        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+        self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # source -> (epoch, item order)
         self._known_bad: set[tuple[int, int]] = set()  # logged once, counted every time they are passed over
 
     def choose_source(self, index: int) -> int:
@@ -106,10 +106,13 @@ class SampleStream(IterableDataset):
     # -- random-access sources ------------------------------------------------------------------------------------
 
     def item_order(self, source: int, epoch: int) -> np.ndarray:
-        key = (source, epoch)
-        if key not in self._permutations:
-            self._permutations = {key: np.random.default_rng([self.layout.seed, source, epoch]).permutation(len(self.sources[source]))}
-        return self._permutations[key]
+        """The shuffled item order of one source in one epoch, the current epoch of each source kept (mixed sources
+        alternate sample by sample; a permutation of millions of items is too slow to redo at each switch)."""
+        cached_epoch, order = self._permutations.get(source, (None, None))
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self.layout.seed, source, epoch]).permutation(len(self.sources[source]))
+            self._permutations[source] = (epoch, order)
+        return order
 
     def read_indexed(self, source: int, index: int) -> tuple[dict, int]:
         size = len(self.sources[source])
@@ -137,17 +140,26 @@ class SampleStream(IterableDataset):
             for epoch in itertools.count():
                 order = list(mine)
                 random.Random(sample_seed(self.layout.seed, epoch, "shards")).shuffle(order)
+                found = False
                 for position, record in enumerate(source.records(order)):
                     if by_shard or position % parts == part:
+                        found = True
                         yield record
+                if not found:  # another pass would find nothing either: stop instead of looping for ever
+                    raise OpenUniError(f"no readable record for reader {part} of {parts} in the WebDataset shards "
+                                       f"{order[0]}...: the shards are unreadable or hold fewer records than readers")
 
-        return itertools.islice(records(), records_to_skip, None)
+        stream = records()
+        for _ in itertools.islice(stream, records_to_skip):  # now, so that what breaks here is not counted again
+            pass
+        return stream
 
     def read_streamed(self, stream, source: WebDatasetShards) -> tuple[dict, int]:
-        skipped = 0
+        """The next usable sample, and how many were passed over: bad samples and broken tar members alike."""
+        skipped, broken_before = 0, source.broken_records
         for record in stream:
             try:
-                return source.sample(record), skipped
+                return source.sample(record), skipped + source.broken_records - broken_before
             except BadSample as error:
                 skipped += 1
                 logger.warning("skipping an unusable sample: %s", error)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import OpenUniError
+from ..files import write_text_atomically
 
 STATE_FILE = "trainer_state.json"
 NAME = re.compile(r"^step-(\d{8})$")
@@ -40,7 +41,8 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def write_trainer_state(directory: Path, state: dict) -> None:
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    # Its presence marks a checkpoint complete, so it must never be seen half-written.
+    write_text_atomically(directory / STATE_FILE, json.dumps(state, indent=1))
 
 
 def read_trainer_state(directory: Path) -> dict:

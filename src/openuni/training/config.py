@@ -7,6 +7,9 @@ reach nested data sources as `data.0.path=...`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +59,7 @@ class TrainConfig:
     warmup_ratio: float = 0.01
     warmup_start_factor: float = 1e-5
     grad_clip: float = 1.0
+    train_shift: float = 1.0  # sigma shift of the training schedule; the reference's is unshifted (parity quirk 7)
     mixed_precision: str = "bf16"  # bf16 | fp16 | no
     seed: int = 42
     # what trains
@@ -89,6 +93,8 @@ class TrainConfig:
             raise OpenUniError(f"resolution must be a multiple of 32, got {self.resolution}")
         if self.mixed_precision not in ("bf16", "fp16", "no"):
             raise OpenUniError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.train_shift <= 0:
+            raise OpenUniError(f"train_shift must be positive, got {self.train_shift}")
         if not 0 <= self.caption_dropout < 1:
             raise OpenUniError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
@@ -100,6 +106,21 @@ class TrainConfig:
 # pretraining and 8 in finetuning. The reference trains on 16 (B/L-512) or 32 (L-1024) GPUs in pretraining, 8 in
 # finetuning: with fewer GPUs raise grad_accum to keep the global batch.
 REFERENCE_BATCH = {("pretrain", 512): 32, ("pretrain", 1024): 16, ("finetune", 512): 32, ("finetune", 1024): 8}
+
+
+def require_packages(wanted: dict[str, bool]) -> None:
+    """The optional packages (the `train` extra) that are wanted, checked before anything loads: a missing one
+    would otherwise be an ImportError deep inside the run."""
+    missing = [name for name, needed in wanted.items() if needed and importlib.util.find_spec(name) is None]
+    if missing:
+        raise OpenUniError(f"this needs {', '.join(missing)}: pip install 'openuni[train]'"
+                           + (" wandb" if "wandb" in missing else ""))
+
+
+def require_training_packages(config: TrainConfig) -> None:
+    require_packages({"peft": config.lora_rank > 0,
+                      "webdataset": any(source.kind == "webdataset" for source in config.data),
+                      "tensorboard": config.log_with == "tensorboard", "wandb": config.log_with == "wandb"})
 
 
 def _preset(variant: str, stage: str) -> dict:
@@ -140,6 +161,10 @@ def apply_override(values: dict, key: str, value) -> None:
             target = target[index]
         else:
             target = target.setdefault(part, [] if part == "data" else {})
+    if not isinstance(target, (dict, list)) or (isinstance(target, list) and not parts[-1].isdigit()):
+        raise OpenUniError(f"override {key}: {'.'.join(parts[:-1])} has no setting {parts[-1]!r}")
+    if isinstance(target, list):
+        raise OpenUniError(f"override {key}: set a data source's fields, e.g. {key}.path=...")
     target[parts[-1]] = value
 
 
@@ -171,6 +196,41 @@ def build_config(source: str, overrides: list[str]) -> TrainConfig:
     return from_dict(values)
 
 
+def typed_value(name: str, value, annotation):
+    """`value` as the field's type says, or an OpenUniError naming the setting. YAML reads `1e-4` (no dot) as a
+    string, so numbers given as text are converted."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if value is None and type(None) in options:
+        return None
+    wanted = next((o for o in options if o is not type(None)), annotation)
+    origin = typing.get_origin(wanted) or wanted
+    try:
+        if wanted is bool and isinstance(value, bool):
+            return value
+        if wanted in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            number = float(value)
+            if wanted is float:
+                return number
+            if number.is_integer():
+                return int(value) if isinstance(value, int) else int(number)
+        if wanted is str and isinstance(value, (str, int, float)):
+            return str(value).lower() if isinstance(value, bool) else str(value)  # resume=no reads as False
+        if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(wanted)):
+            return tuple(typed_value(name, v, t) for v, t in zip(value, typing.get_args(wanted)))
+        if origin is list and isinstance(value, list):
+            return [typed_value(name, v, typing.get_args(wanted)[0]) for v in value]
+        if origin is dict and isinstance(value, dict):
+            return value
+    except ValueError:
+        pass
+    raise OpenUniError(f"setting {name}: expected {getattr(wanted, '__name__', wanted)}, got {value!r}")
+
+
+def typed_values(cls, values: dict, prefix: str = "") -> dict:
+    hints = typing.get_type_hints(cls)
+    return {key: typed_value(prefix + key, value, hints[key]) for key, value in values.items()}
+
+
 def from_dict(values: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -180,11 +240,10 @@ def from_dict(values: dict) -> TrainConfig:
     data = []
     for i, entry in enumerate(values.get("data") or []):
         if not isinstance(entry, dict) or set(entry) - source_fields:
-            raise OpenUniError(f"data.{i}: unknown keys {sorted(set(entry) - source_fields)}; known: {sorted(source_fields)}")
-        data.append(DataSource(**entry))
-    values = {**values, "data": data}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+            unknown_keys = sorted(set(entry) - source_fields) if isinstance(entry, dict) else entry
+            raise OpenUniError(f"data.{i}: unknown keys {unknown_keys}; known: {sorted(source_fields)}")
+        data.append(DataSource(**typed_values(DataSource, entry, f"data.{i}.")))
+    values = {**typed_values(TrainConfig, {k: v for k, v in values.items() if k != "data"}), "data": data}
     config = TrainConfig(**values)
     config.check()
     return config

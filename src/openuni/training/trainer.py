@@ -19,7 +19,7 @@ from ..data.stream import SampleStream, StreamLayout, sample_generator
 from ..errors import OpenUniError
 from ..model import training_scheduler
 from . import checkpointing
-from .config import TrainConfig
+from .config import TrainConfig, require_training_packages
 from .model import TrainableOpenUni, configure_trainable, merge_lora
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -59,6 +59,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
+        require_training_packages(config)
         self.config = config
         log_with = None if str(config.log_with).lower() in ("none", "") else config.log_with
         self.accelerator = accelerator or Accelerator(
@@ -75,7 +76,7 @@ class Trainer:
         self.lower_frozen_precision()
         configure_trainable(self.model, config.train_transformer, config.lora_rank, config.lora_alpha,
                             config.activation_checkpointing)
-        self.trainable = TrainableOpenUni(self.model, training_scheduler(self.pipe.scheduler.config))
+        self.trainable = TrainableOpenUni(self.model, training_scheduler(self.pipe.scheduler.config, config.train_shift))
         try:
             self.optimizer = build_optimizer(self.trainable, config.lr, config.betas, config.weight_decay)
         except ValueError as error:
@@ -151,20 +152,38 @@ class Trainer:
         if found is None:
             return
         state = checkpointing.read_trainer_state(found)
+        self.warn_about_changed_data_settings(state)
         self.accelerator.load_state(str(found))
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
         self.losses = state.get("losses", [])
         self.accelerator.print(f"resumed from {found} at step {self.step}")
 
+    def warn_about_changed_data_settings(self, state: dict) -> None:
+        """The data position is the step, read with the checkpoint's seed, data and global batch: with other ones
+        the resumed run trains on other samples than the interrupted one would have (allowed, but said)."""
+        saved, now = state.get("config", {}), self.saved_config()
+        changed = [key for key in ("seed", "data", "global_batch", "caption_dropout") if key in saved
+                   and saved[key] != now[key]]
+        if changed:
+            logger.warning("resuming with other %s than the checkpoint's: the run will not continue the same sample "
+                           "sequence and loss curve", ", ".join(changed))
+
     def save_checkpoint(self) -> None:
         acc = self.accelerator
         partial = checkpointing.partial_path(self.output_dir, self.step)
         acc.save_state(str(partial))
+        # Every process writes its part (its RNG state, its ZeRO/FSDP shards): all must be done before the rename.
+        acc.wait_for_everyone()
         if acc.is_main_process:
             checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
-                                                            losses=self.losses, config=self.config.to_dict()))
+                                                            losses=self.losses, config=self.saved_config()))
             checkpointing.publish(self.output_dir, self.step, self.config.keep_checkpoints)
         acc.wait_for_everyone()
+
+    def saved_config(self) -> dict:
+        config = self.config.to_dict()
+        config["global_batch"] = self.config.batch_size * self.config.grad_accum * self.accelerator.num_processes
+        return config
 
     def export(self, directory: Path) -> None:
         """The trained weights as a loadable pipeline (`pipeline/`) and as a release-style `openuni.pth`."""
@@ -197,8 +216,9 @@ class Trainer:
         for _ in range(self.config.grad_accum):
             samples = next(micro_batches)
             self.skipped_samples += sum(s["skipped"] for s in samples)
-            with acc.accumulate(self.wrapped), acc.autocast():
-                loss = self.wrapped(**self.model_inputs(samples)).mean()
+            with acc.accumulate(self.wrapped):
+                with acc.autocast():  # the forward pass only: torch advises against backward under autocast
+                    loss = self.wrapped(**self.model_inputs(samples)).mean()
                 acc.backward(loss)
                 if acc.sync_gradients and self.config.grad_clip > 0:
                     acc.clip_grad_norm_(self.wrapped.parameters(), self.config.grad_clip)
@@ -246,6 +266,7 @@ class Trainer:
     @torch.no_grad()
     def write_samples(self) -> None:
         """A grid of the sample prompts at this step, saved and sent to TensorBoard (main process)."""
+        from ..files import save_image_atomically
         from ..images import image_grid
         from ..pipeline import OpenUniPipeline
 
@@ -260,9 +281,7 @@ class Trainer:
         with self.accelerator.autocast():
             images = pipe(self.config.sample_prompts, height=size, width=size, num_inference_steps=self.config.sample_steps,
                           seed=0, output_type="pil").images
-        path = self.output_dir / "samples" / f"step-{self.step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(images).save(path)
+        save_image_atomically(image_grid(images), self.output_dir / "samples" / f"step-{self.step:08d}.png")
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 import numpy as np
