@@ -106,7 +106,7 @@ def test_the_index_is_current_after_every_batch(tmp_path):
     from openuni.commands.generate import OutputWriter, output_paths
 
     output = tmp_path / "out"
-    writer = OutputWriter(output, output_paths(output, 2, 2), num_images=2, grid=False, seed=10)
+    writer = OutputWriter(output, output_paths(output, 2, 2), num_images=2, grid=False, seed=10, unit="prompt")
     images = [PIL.Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
     writer.save(images, [(0, {"prompt": "first"})])
     index = [json.loads(line) for line in (output / "metadata.jsonl").read_text().splitlines()]

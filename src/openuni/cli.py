@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .acceleration import COMPILE_MODES  # light: no heavy imports there
 from .errors import OpenUniError
 from .files import save_image_atomically  # noqa: F401  (a shared helper of the commands, kept importable here)
 
@@ -53,8 +54,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
     speed = parser.add_argument_group("speed and memory (see docs/benchmarks.md)")
-    speed.add_argument("--compile", nargs="?", const="default", metavar="MODE",
-                       help="torch.compile the DiT and connector (default, reduce-overhead, max-autotune...)")
+    speed.add_argument("--compile", nargs="?", const="default", metavar="MODE", choices=COMPILE_MODES,
+                       help=f"torch.compile the DiT and connector; MODE: {', '.join(COMPILE_MODES)}")
     speed.add_argument("--offload", action="store_true",
                        help="keep the model in CPU memory, moving each part to the GPU only while it runs")
     speed.add_argument("--vae-tiling", action="store_true", help="decode in tiles and one image at a time (1024 px)")
@@ -63,12 +64,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def pipeline_from_args(args: argparse.Namespace):
     import torch
 
-    from .acceleration import COMPILE_MODES, compile_pipeline, enable_vae_memory_savers
+    from .acceleration import compile_pipeline, enable_vae_memory_savers
     from .loading import default_device
 
     device = torch.device(args.device) if args.device else default_device()
-    if args.compile and args.compile not in COMPILE_MODES:
-        raise OpenUniError(f"--compile takes one of {', '.join(COMPILE_MODES)}, got {args.compile!r}")
     offload = args.offload and device.type != "cpu"
     if args.offload and not offload:
         logging.getLogger(__name__).warning("--offload has no effect on the CPU")

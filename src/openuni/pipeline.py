@@ -205,11 +205,12 @@ class OpenUniPipeline(DiffusionPipeline):
         patch = patch[0] if isinstance(patch, (list, tuple)) else patch
         return [load_image(source, min_side=patch) for source in sources]
 
-    def edit_output_size(self, sources: list[PIL.Image.Image], height: int | None, width: int | None) -> tuple[int, int]:
-        """Explicit sizes win; otherwise the sources' aspect ratio at the default resolution."""
+    def edit_output_size(self, source_sizes: list[tuple[int, int]], height: int | None,
+                         width: int | None) -> tuple[int, int]:
+        """Explicit sizes win; otherwise the sources' aspect ratio (their (width, height)) at the default resolution."""
         if height is not None and width is not None:
             return height, width
-        sizes = {size_like(source.size, self.default_resolution, self.size_multiple) for source in sources}
+        sizes = {size_like(size, self.default_resolution, self.size_multiple) for size in source_sizes}
         if len(sizes) > 1:
             raise OpenUniError(f"the source images call for different output sizes {sorted(sizes)}: pass height and "
                                "width, or edit them in separate calls")
@@ -312,7 +313,7 @@ class OpenUniPipeline(DiffusionPipeline):
         negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
         sources = self.prepare_source_images(image, len(prompts)) if image is not None else None
         if sources is not None:
-            height, width = self.edit_output_size(sources, height, width)
+            height, width = self.edit_output_size([source.size for source in sources], height, width)
         height = self.default_resolution if height is None else height
         width = self.default_resolution if width is None else width
         self.check_inputs(prompts, negative_prompts, height, width, num_inference_steps, num_images_per_prompt,

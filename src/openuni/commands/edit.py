@@ -89,15 +89,20 @@ def run(args: argparse.Namespace) -> int:
     pairs = read_pairs(args)
     per_pair = 1 if args.grid else args.num_images
     output = args.output or Path("openuni-edit.png" if len(pairs) * per_pair == 1 else "openuni-edits")
-    writer = OutputWriter(output, output_paths(output, len(pairs), per_pair), args.num_images, args.grid, args.seed)
+    writer = OutputWriter(output, output_paths(output, len(pairs), per_pair), args.num_images, args.grid, args.seed,
+                          unit="edit")
 
-    sources = [load_image(image) for image, _ in pairs]  # every unreadable image is reported before the model loads
+    # Every unreadable image is reported before the model loads; only the sizes are kept (a long pairs file of large
+    # photos would not fit in memory), and each batch reads its own images again.
+    source_sizes = [load_image(image).size for image, _ in pairs]
     pipe = pipeline_from_args(args)
-    sizes = [pipe.edit_output_size([source], args.height, args.width) for source in sources]
-    for run_of_edits in batches(sizes, max(1, args.batch_size // args.num_images)):
+    sizes = [pipe.edit_output_size([size], args.height, args.width) for size in source_sizes]
+    per_batch = max(1, args.batch_size // args.num_images)
+    writer.quiet_steps(pipe, per_batch)
+    for run_of_edits in batches(sizes, per_batch):
         height, width = sizes[run_of_edits[0]]
         images = pipe.edit(
-            [sources[i] for i in run_of_edits], [pairs[i][1] for i in run_of_edits],
+            [load_image(pairs[i][0]) for i in run_of_edits], [pairs[i][1] for i in run_of_edits],
             negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
             guidance_scale=args.cfg_scale, num_images_per_prompt=args.num_images, seed=args.seed,
         ).images

@@ -63,12 +63,20 @@ def index_path(output: Path) -> Path:
 
 class OutputWriter:
     """Saves each request's images as they come, and keeps the index of what is written current, so an interrupted
-    run keeps both its finished images and their records."""
+    run keeps both its finished images and their records. Shows the run's progress (done/total, ETA)."""
 
-    def __init__(self, output: Path, paths: list[list[Path]], num_images: int, grid: bool, seed: int):
+    def __init__(self, output: Path, paths: list[list[Path]], num_images: int, grid: bool, seed: int, unit: str):
+        from tqdm.auto import tqdm
+
         self.paths, self.num_images, self.grid, self.seed = paths, num_images, grid, seed
         self.index = index_path(output) if sum(map(len, paths)) > 1 else None
         self.written: list[dict] = []
+        self.progress = tqdm(total=len(paths), unit=unit, dynamic_ncols=True, disable=len(paths) == 1)
+
+    def quiet_steps(self, pipe, per_batch: int) -> None:
+        """Over several batches the run's bar says more than each batch's denoising-step bar."""
+        if len(self.paths) > per_batch:
+            pipe.set_progress_bar_config(disable=True)
 
     def save(self, images: list, requests: list[tuple[int, dict]]) -> None:
         """`images` are prompt-major, `num_images` per request; a request is (its number, what to record)."""
@@ -84,8 +92,10 @@ class OutputWriter:
                 self.written.append({**record, "seed": self.seed + k, "file": str(path)})
         if self.index is not None:
             write_text_atomically(self.index, "".join(json.dumps(entry) + "\n" for entry in self.written))
+        self.progress.update(len(requests))
 
     def summary(self) -> str:
+        self.progress.close()
         if self.index is None:
             return f"wrote 1 image: {self.written[0]['file']}"
         return f"wrote {len(self.written)} images to {self.paths[0][0].parent} (index: {self.index})"
@@ -97,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
     per_prompt = 1 if args.grid else args.num_images
     output = args.output or Path("openuni.png" if len(prompts) * per_prompt == 1 else "openuni-outputs")
     writer = OutputWriter(output, output_paths(output, len(prompts), per_prompt), args.num_images, args.grid,
-                          args.seed)
+                          args.seed, unit="prompt")
 
     pipe = pipeline_from_args(args)
     prompts_per_batch = max(1, args.batch_size // args.num_images)
+    writer.quiet_steps(pipe, prompts_per_batch)
     for start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[start:start + prompts_per_batch]
         images = pipe(
