@@ -32,7 +32,7 @@ PROMPTS = [
 
 
 def build_pipeline(geometry: str, device: torch.device, dtype: torch.dtype, workdir: Path):
-    from openuni.loading import load_pipeline
+    from openuni.pipeline import load_pipeline
     from openuni.tiny import build_random_pipeline, build_tiny_openuni
 
     tiny = build_tiny_openuni(workdir / "tiny")

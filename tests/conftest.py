@@ -20,7 +20,7 @@ def tiny(tmp_path_factory):
 
 
 def load_tiny_pipeline(tiny, **overrides):
-    from openuni.loading import load_pipeline
+    from openuni.pipeline import load_pipeline
 
     kwargs = dict(
         mllm=tiny.mllm, transformer=tiny.transformer, vae=tiny.vae, scheduler=tiny.scheduler,
@@ -44,7 +44,7 @@ def tiny_cli_args(tiny) -> list[str]:
 
 def load_parity_pipeline():
     """The reference's tiny golden components (../shared/parity), loaded through the public API."""
-    from openuni.loading import load_pipeline
+    from openuni.pipeline import load_pipeline
 
     if not (PARITY_DIR / "expected.pt").is_file():
         pytest.skip(f"no parity fixtures at {PARITY_DIR} (they ship beside the project's CI checkout, not with it)")

@@ -17,11 +17,12 @@ import torch
 from conftest import tiny_cli_args
 from openuni.cli import main
 from openuni.errors import OpenUniError
-from openuni.evaluation.generate import SamplingSettings, generate_benchmark
+from openuni.evaluation.generate import generate_benchmark
+from openuni.sampling import SamplingOptions
 from openuni.evaluation.prompts import load_dpg, load_geneval, load_wise
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SETTINGS = SamplingSettings(seed=42, steps=2, height=64, width=64)
+SETTINGS = SamplingOptions(seed=42, steps=2, height=64, width=64)
 GENEVAL_LINES = [
     {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
     {"tag": "counting", "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}],
@@ -106,7 +107,7 @@ def test_resume_skips_finished_and_redoes_truncated(tiny_pipe, tmp_path):
     assert not (out / "00002" / "samples" / ".0000.png.partial").exists()
 
     with pytest.raises(OpenUniError, match="other settings"):
-        generate_benchmark(tiny_pipe, "geneval", prompts, out, SamplingSettings(seed=7, steps=2, height=64, width=64),
+        generate_benchmark(tiny_pipe, "geneval", prompts, out, SamplingOptions(seed=7, steps=2, height=64, width=64),
                            show_progress=False)
     assert json.loads((out / "openuni_run.json").read_text())["finished"] is True
 
@@ -147,7 +148,7 @@ def test_an_interrupted_run_keeps_its_settings(tiny_pipe, tmp_path):
         generate_benchmark(interrupting_pipe, "geneval", prompts, out, SETTINGS, show_progress=False)
     assert json.loads((out / "openuni_run.json").read_text())["finished"] is False
     with pytest.raises(OpenUniError, match="steps: 2 -> 3"):
-        generate_benchmark(tiny_pipe, "geneval", prompts, out, SamplingSettings(steps=3, height=64, width=64),
+        generate_benchmark(tiny_pipe, "geneval", prompts, out, SamplingOptions(steps=3, height=64, width=64),
                            show_progress=False)
 
 

@@ -155,6 +155,36 @@ def test_save_and_load_round_trip_bit_exactly(tiny_pipe, tmp_path):
     assert torch.equal(tiny_pipe("a red cube", **FAST).images, loaded("a red cube", **FAST).images)
 
 
+def test_saving_into_a_users_folder_keeps_everything_else_in_it(tiny_pipe, tmp_path):
+    """Only our files are written or replaced; a stale weight shard of an older save goes, nothing else does."""
+    target = tmp_path / "mine"
+    (target / "src").mkdir(parents=True)
+    (target / "NOTES.md").write_text("my notes")
+    (target / "src" / "train.py").write_text("print('mine')")
+    (target / "transformer").mkdir()
+    stale = target / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    stale.write_bytes(b"an older save's shard")
+    (target / "transformer" / "README.md").write_text("about my transformer")
+    tiny_pipe.save_pretrained(target)
+    assert (target / "NOTES.md").read_text() == "my notes"
+    assert (target / "src" / "train.py").read_text() == "print('mine')"
+    assert (target / "transformer" / "README.md").read_text() == "about my transformer"
+    assert not stale.exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+    loaded = OpenUniPipeline.from_pretrained(target)
+    assert torch.equal(loaded.transformer.state_dict()["proj_out.weight"],
+                       tiny_pipe.transformer.state_dict()["proj_out.weight"])
+
+
+def test_saving_onto_a_file_is_refused_before_writing(tiny_pipe, tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"a user's file")
+    with pytest.raises(OpenUniError, match="exists and is not a folder"):
+        tiny_pipe.save_pretrained(target)
+    assert target.read_bytes() == b"a user's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
 def test_release_file_round_trip(tiny, tiny_pipe, tmp_path):
     path = tmp_path / "export.pth"
     save_release(tiny_pipe.connector, tiny_pipe.transformer, path)

@@ -26,7 +26,7 @@ def expected():
 
 @pytest.fixture(scope="module")
 def model_and_schedule(parity_pipe):
-    from openuni.model import training_scheduler
+    from openuni.training.model import training_scheduler
 
     return parity_pipe, training_scheduler(parity_pipe.scheduler.config)
 

@@ -183,7 +183,7 @@ def test_the_training_sigma_shift_is_a_setting_unshifted_by_default(tiny, data, 
     from openuni.training.trainer import Trainer
 
     overrides = {} if shift == 1.0 else dict(train_shift=shift)
-    schedule = Trainer(tiny_train_config(tiny, data, tmp_path, **overrides)).trainable.train_scheduler
+    schedule = Trainer(tiny_train_config(tiny, data, tmp_path, **overrides)).model.train_scheduler
     plain = torch.arange(1000, 0, -1, dtype=torch.float64) / 1000  # the reference's: (1000 - i) / 1000
     expected = shift * plain / (1 + (shift - 1) * plain)
     torch.testing.assert_close(schedule.sigmas[:1000].double(), expected, atol=1e-6, rtol=0)
@@ -233,3 +233,39 @@ def test_a_missing_optional_package_is_a_clear_error_before_anything_loads(tiny,
         monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(OpenUniError, match=rf"needs {package}: pip install 'openuni\[train\]'"):
         Trainer(tiny_train_config(tiny, data, tmp_path, **setting))
+
+
+def training_state(trainer) -> dict:
+    """What sampling must leave as it found: every parameter's requires_grad and every module's train/eval mode."""
+    model = trainer.model
+    roots = {"mllm": model.mllm, "vae": model.vae, "connector": model.connector, "transformer": model.transformer}
+    state = {}
+    for part, root in roots.items():
+        state.update({f"{part}.{name}:grad": p.requires_grad for name, p in root.named_parameters()})
+        state.update({f"{part}.{name}:training": m.training for name, m in root.named_modules()})
+    return state
+
+
+@pytest.mark.parametrize("setting", [
+    dict(train_transformer=False), dict(train_transformer=True, activation_checkpointing=True),
+    dict(train_transformer=True, lora_rank=2),
+], ids=["pretrain", "finetune-checkpointed", "lora"])
+def test_sampling_during_training_changes_nothing_of_the_run(tiny, data, tmp_path, setting):
+    """Sample grids at every step: the run trains on through them, onto the losses of a run without sampling, and
+    sampling leaves requires_grad and train/eval modes as it found them (it once froze the live model)."""
+    from openuni.training.trainer import Trainer
+
+    plain = Trainer(tiny_train_config(tiny, data, tmp_path / "plain", max_steps=3, **setting)).run()
+    reset_accelerate()
+    trainer = Trainer(tiny_train_config(tiny, data, tmp_path / "sampled", max_steps=3, sample_every=1, sample_steps=2,
+                                        **setting))
+    before = training_state(trainer)
+    trainer.write_samples()
+    assert training_state(trainer) == before
+    sampled = trainer.run()
+    assert sorted(p.name for p in (tmp_path / "sampled" / "samples").iterdir()) == [
+        "step-00000000.png", "step-00000001.png", "step-00000002.png", "step-00000003.png"]
+    # Equal up to float rounding: some CPU kernels round differently with the memory addresses they are given, and
+    # sampling allocates (allocating as many unrelated tensors instead moves the LoRA run's third loss by 1 ulp too).
+    torch.testing.assert_close(torch.tensor(sampled, dtype=torch.float64), torch.tensor(plain, dtype=torch.float64),
+                               rtol=1e-6, atol=0)

@@ -10,7 +10,7 @@ _EXPORTS = {
     "OpenUniPipelineOutput": "openuni.pipeline",
     "OpenUniConnector": "openuni.connector",
     "OpenUni": "openuni.model",
-    "load_pipeline": "openuni.loading",
+    "load_pipeline": "openuni.pipeline",
     "OpenUniError": "openuni.errors",
     "VARIANTS": "openuni.variants",
     "InternVLChat": "openuni.chat",

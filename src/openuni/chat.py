@@ -78,18 +78,15 @@ class InternVLChat:
         max_tiles: int = MAX_TILES,
     ) -> "InternVLChat":
         """The MLLM of `variant` from the Hub, or `mllm` (a local directory in either InternVL layout, or a Hub id)."""
-        from .internvl import load_mllm
-        from .loading import MLLM_FILES, default_device, default_dtype, load_tokenizer, resolve_dir
+        from .devices import resolve_device, resolve_dtype
+        from .loading import load_language_parts, resolve_mllm_dirs
         from .variants import get_variant
 
-        device = torch.device(device) if device is not None else default_device()
-        dtype = dtype or default_dtype(device)
-        source = mllm or get_variant(variant).mllm_repo
-        mllm_dir = resolve_dir(source, "InternVL3 MLLM", "--mllm", MLLM_FILES, local_files_only)
-        tokenizer_dir = (resolve_dir(tokenizer, "tokenizer", "--tokenizer", MLLM_FILES, local_files_only)
-                         if tokenizer else mllm_dir)
-        tokenizer_obj = load_tokenizer(tokenizer_dir)
-        return cls(load_mllm(mllm_dir, tokenizer_obj, dtype=dtype, device=device), tokenizer_obj, max_tiles)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        mllm_dir, tokenizer_dir = resolve_mllm_dirs(mllm or get_variant(variant).mllm_repo, tokenizer, local_files_only)
+        tokenizer_obj, model = load_language_parts(mllm_dir, tokenizer_dir, dtype, device)
+        return cls(model, tokenizer_obj, max_tiles)
 
     @property
     def device(self) -> torch.device:

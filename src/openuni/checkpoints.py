@@ -88,22 +88,6 @@ def split_release(state: dict[str, torch.Tensor]) -> tuple[dict, dict, LoadRepor
     return connector, transformer, report
 
 
-def connector_geometry(connector_state: dict[str, torch.Tensor]) -> dict:
-    """Connector sizes read off a release state dict's shapes (the head count is not recorded in them)."""
-    missing = [k for k in ("meta_queries", "projector.weight", "connector.layers.0.mlp.fc1.weight") if k not in connector_state]
-    if missing:
-        raise OpenUniError(f"checkpoint lacks the trainable key {missing[0]!r}: it is not an OpenUni checkpoint")
-    layers = {int(k.split(".")[2]) for k in connector_state if k.startswith("connector.layers.")}
-    num_queries, hidden_size = connector_state["meta_queries"].shape
-    return dict(
-        hidden_size=hidden_size,
-        intermediate_size=connector_state["connector.layers.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=max(layers) + 1,
-        num_queries=num_queries,
-        caption_channels=connector_state["projector.weight"].shape[0],
-    )
-
-
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | Path) -> None:
     """Copy `state` into `module`, failing with the key's name on anything missing, extra or misshapen."""
     expected = module.state_dict()

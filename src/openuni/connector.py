@@ -6,11 +6,16 @@ released checkpoint's non-transformer keys are this module's state dict as they 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from .errors import OpenUniError
+from .variants import ConnectorGeometry
 
 
 class ConnectorAttention(nn.Module):
@@ -116,3 +121,59 @@ class OpenUniConnector(ModelMixin, ConfigMixin):
         position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         output = language_model(inputs_embeds=inputs_embeds, attention_mask=mask.long(), position_ids=position_ids)
         return output.last_hidden_state[:, -num_queries:]
+
+    # -- sizing: from a variant's geometry, or read off a checkpoint's shapes -----------------------------------
+
+    @classmethod
+    def fresh(cls, geometry: ConnectorGeometry, num_queries: int, caption_channels: int,
+              overrides: dict | None = None) -> "OpenUniConnector":
+        """An untrained connector of `geometry` (a variant's), with `overrides` of its sizes (models of other sizes).
+        The queries are drawn from torch's global generator: seed it first for a reproducible connector."""
+        config = dict(asdict(geometry), num_queries=num_queries)
+        unknown = set(overrides or {}) - set(config)
+        if unknown:
+            raise OpenUniError(f"unknown connector setting {sorted(unknown)[0]!r}; known: {', '.join(config)}")
+        config.update(overrides or {})
+        if config["hidden_size"] % config["num_attention_heads"]:
+            raise OpenUniError(f"{config['num_attention_heads']} connector heads do not divide the hidden size "
+                               f"{config['hidden_size']}")
+        return cls(**config, caption_channels=caption_channels)
+
+    @classmethod
+    def for_state_dict(cls, state: dict[str, torch.Tensor], geometry: ConnectorGeometry, num_queries: int,
+                       num_attention_heads: int | None = None, what: str = "the variant") -> "OpenUniConnector":
+        """A connector shaped to hold a release state dict: the variant's geometry when the shapes are its own,
+        else the shapes plus an explicit head count (which shapes do not record)."""
+        found = geometry_of_state_dict(state)
+        expected = dict(hidden_size=geometry.hidden_size, intermediate_size=geometry.intermediate_size,
+                        num_hidden_layers=geometry.num_hidden_layers, num_queries=num_queries)
+        if num_attention_heads is None:
+            differing = [(key, want, found[key]) for key, want in expected.items() if found[key] != want]
+            if differing:
+                key, want, got = differing[0]
+                raise OpenUniError(
+                    f"the checkpoint's connector has {key}={got}, {what} has {want}: pass the right --variant, "
+                    "or --connector-heads N to load a checkpoint of another size"
+                )
+            num_attention_heads = geometry.num_attention_heads
+        if num_attention_heads < 1 or found["hidden_size"] % num_attention_heads:
+            raise OpenUniError(f"--connector-heads {num_attention_heads} does not divide the hidden size "
+                               f"{found['hidden_size']}")
+        return cls(**found, num_attention_heads=num_attention_heads)
+
+
+def geometry_of_state_dict(state: dict[str, torch.Tensor]) -> dict:
+    """Connector sizes read off a release state dict's shapes (the head count is not recorded in them)."""
+    needed = ("meta_queries", "projector.weight", "connector.layers.0.mlp.fc1.weight")
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise OpenUniError(f"checkpoint lacks the trainable key {missing[0]!r}: it is not an OpenUni checkpoint")
+    layers = {int(key.split(".")[2]) for key in state if key.startswith("connector.layers.")}
+    num_queries, hidden_size = state["meta_queries"].shape
+    return dict(
+        hidden_size=hidden_size,
+        intermediate_size=state["connector.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=max(layers) + 1,
+        num_queries=num_queries,
+        caption_channels=state["projector.weight"].shape[0],
+    )

@@ -20,6 +20,7 @@ import torch
 
 from .chat import Conversation, InternVLChat
 from .errors import OpenUniError
+from .sampling import SamplingOptions
 
 # Bounds that keep one visitor from holding a shared demo for minutes.
 MAX_IMAGES = 8
@@ -80,13 +81,15 @@ class DemoApp:
                     torch.cuda.empty_cache()
                 raise gr.Error("out of GPU memory: ask for fewer images or a smaller size") from None
 
-    def sampling(self, negative_prompt, seed, steps, cfg_scale, num_images) -> dict:
-        return dict(
+    def sampling(self, negative_prompt, seed, steps, cfg_scale, num_images, height=None, width=None
+                 ) -> SamplingOptions:
+        return SamplingOptions(
             negative_prompt=optional_text(negative_prompt),
             seed=whole_number(seed, "the seed", 0, 2**63 - 1 - MAX_IMAGES),
-            num_inference_steps=whole_number(steps, "the number of steps", 1, MAX_STEPS),
-            guidance_scale=number(cfg_scale, "the guidance scale", 0, 20),
-            num_images_per_prompt=whole_number(num_images, "the number of images", 1, MAX_IMAGES),
+            steps=whole_number(steps, "the number of steps", 1, MAX_STEPS),
+            cfg_scale=number(cfg_scale, "the guidance scale", 0, 20),
+            num_images=whole_number(num_images, "the number of images", 1, MAX_IMAGES),
+            height=height, width=width,
         )
 
     def size(self, value, name: str) -> int:
@@ -103,10 +106,10 @@ class DemoApp:
         """Text to images; an empty width or height means the model's own resolution."""
         with self.serving():
             prompt = required_text(prompt, "prompt")
-            settings = self.sampling(negative_prompt, seed, steps, cfg_scale, num_images)
             width = self.pipe.default_resolution if width is None else self.size(width, "width")
             height = self.pipe.default_resolution if height is None else self.size(height, "height")
-            return self.pipe(prompt, height=height, width=width, **settings).images
+            settings = self.sampling(negative_prompt, seed, steps, cfg_scale, num_images, height, width)
+            return self.pipe(prompt, **settings.pipeline_kwargs()).images
 
     def edit(self, image: ImageInput, instruction: str, negative_prompt: str = "", seed=42, steps=20,
              cfg_scale=4.5, num_images=1) -> list[PIL.Image.Image]:
@@ -116,7 +119,7 @@ class DemoApp:
                 raise OpenUniError("upload an image to edit first")
             instruction = required_text(instruction, "edit instruction")
             settings = self.sampling(negative_prompt, seed, steps, cfg_scale, num_images)
-            return self.pipe.edit(image, instruction, **settings).images
+            return self.pipe.edit(image, instruction, **settings.pipeline_kwargs()).images
 
     def chat(self, message: dict | str, history: list | None, conversation: Conversation | None,
              max_new_tokens=512, temperature=0.0) -> Iterator[tuple[list, Conversation, dict]]:

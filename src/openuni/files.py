@@ -1,21 +1,31 @@
 """Writing outputs so that an interruption or a failure never leaves a half-written file under the final name.
 
 Everything is written to a hidden `.<name>.partial` beside the target and renamed over it (atomic on one file
-system); a failed write removes its partial file and leaves an existing target as it was.
+system); a failed write removes its partial file or folder and leaves an existing target as it was. Folders come in
+two kinds: one that is wholly ours (a checkpoint, a fetched data folder) is renamed into place as a whole;
+one that may hold a user's files too (a `save_pretrained` target) receives our files one by one, and nothing else
+in it is touched.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
+
+
+def partial_path(path: Path) -> Path:
+    """The hidden name a file or folder is written under before it is renamed onto `path`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """`write(partial_path)` then rename onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = partial_path(path)
     try:
         write(partial)
         os.replace(partial, path)
@@ -36,3 +46,57 @@ def save_image_atomically(image, path: Path) -> None:
     """A PIL image, in the format its suffix names (PNG when it has none)."""
     image_format = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
     write_atomically(path, lambda partial: image.save(partial, format=image_format))
+
+
+# -- folders ------------------------------------------------------------------------------------------------------
+
+def publish_directory(partial: Path, target: Path) -> None:
+    """Rename a finished folder of ours into place, replacing an older folder of ours under that name."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
+def write_directory_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(partial_folder)` then the whole folder renamed onto `target`: complete or absent. Only for folders
+    that are wholly ours."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(target)
+    shutil.rmtree(partial, ignore_errors=True)  # a stale partial of an interrupted earlier write
+    partial.mkdir()
+    try:
+        write(partial)
+        publish_directory(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def write_files_into(target: Path, write: Callable[[Path], None], is_stale: Callable[[Path], bool] = lambda p: False
+                     ) -> list[Path]:
+    """`write(partial_folder)`, then each file written moved into `target` (each rename atomic), replacing only
+    files of the same names. Files of `target` that `is_stale(relative path)` calls ours, in the folders we wrote,
+    and that this write did not produce again are removed (an older save's weight shards); nothing else is touched.
+    Returns the files written, relative to `target`."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
+    partial = partial_path(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        write(partial)
+        written = sorted(p.relative_to(partial) for p in partial.rglob("*") if p.is_file())
+        for relative in written:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial / relative, target / relative)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    folders = {relative.parent for relative in written}
+    for folder in folders:
+        for existing in (target / folder).iterdir():
+            relative = existing.relative_to(target)
+            if existing.is_file() and relative not in written and is_stale(relative):
+                existing.unlink()
+    return written

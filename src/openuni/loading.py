@@ -1,8 +1,9 @@
-"""Assembling an `OpenUniPipeline` from a released variant: Hub ids by default, any component overridable locally.
+"""Resolving and loading OpenUni's components: Hub ids by default, any component overridable by a local path.
 
 A source is a local path when it exists, a Hub repo id ("owner/name") otherwise. Nothing is downloaded for a
 component given as a local path; where the Hub cannot be reached, the error names the component, the repo and the
-flag that takes a local copy.
+flag that takes a local copy. Each function returns components; `OpenUniPipeline.from_variant` and the trainer
+assemble them.
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
 from transformers import AutoTokenizer
 
-from .checkpoints import connector_geometry, load_release, read_state_dict, split_release
+from .checkpoints import load_release, read_state_dict, split_release
 from .connector import OpenUniConnector
+from .devices import resolve_device, resolve_dtype
 from .errors import OpenUniError
 from .internvl import load_mllm
-from .pipeline import OpenUniPipeline
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
 from .variants import RELEASE_REPO, SANA_SCHEDULER_CONFIG, Variant, get_variant
 
@@ -28,15 +30,6 @@ logger = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MLLM_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on accelerators (as the reference runs), fp32 on CPU."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def _hub_failure(what: str, repo: str, flag: str, error: Exception, include: str = "") -> OpenUniError:
@@ -135,53 +128,44 @@ def load_scheduler(source: str | Path | None, transformer_root: Path) -> DPMSolv
     return DPMSolverMultistepScheduler.from_pretrained(found)
 
 
-def build_connector(variant: Variant, connector_state: dict, connector_heads: int | None) -> OpenUniConnector:
-    """The connector's size: the variant's when the checkpoint has its shapes, else the shapes plus a head count."""
-    found = connector_geometry(connector_state)
-    geometry = variant.connector
-    expected = dict(
-        hidden_size=geometry.hidden_size,
-        intermediate_size=geometry.intermediate_size,
-        num_hidden_layers=geometry.num_hidden_layers,
-        num_queries=variant.num_queries,
-    )
-    if connector_heads is None:
-        differing = {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
-        if differing:
-            key, (want, got) = next(iter(differing.items()))
-            raise OpenUniError(
-                f"the checkpoint's connector has {key}={got}, {variant.name} has {want}: pass the right --variant, "
-                "or --connector-heads N to load a checkpoint of another size"
-            )
-        connector_heads = geometry.num_attention_heads
-    if found["hidden_size"] % connector_heads:
-        raise OpenUniError(f"--connector-heads {connector_heads} does not divide the hidden size {found['hidden_size']}")
-    return OpenUniConnector(**found, num_attention_heads=connector_heads)
+def resolve_vae_dir(source: str | Path, local_files_only: bool = False) -> Path:
+    """The DC-AE's folder: `source` itself or its `vae/` subfolder, or a Hub repo."""
+    vae_dir = resolve_dir(source, "DC-AE", "--vae", ["*.json", "*.safetensors"], local_files_only)
+    return _component_dir(vae_dir, "vae", "config.json") or vae_dir
 
 
-def fresh_connector(
-    variant: Variant, overrides: dict | None, connector_heads: int | None, caption_channels: int
-) -> OpenUniConnector:
-    """An untrained connector: the variant's geometry unless `overrides` says otherwise; queries ~ N(0, 1/sqrt(d))."""
-    geometry = variant.connector
-    config = dict(
-        hidden_size=geometry.hidden_size,
-        intermediate_size=geometry.intermediate_size,
-        num_hidden_layers=geometry.num_hidden_layers,
-        num_attention_heads=connector_heads or geometry.num_attention_heads,
-        num_queries=variant.num_queries,
-    )
-    unknown = set(overrides or {}) - set(config)
-    if unknown:
-        raise OpenUniError(f"unknown connector setting {sorted(unknown)[0]!r}; known: {', '.join(config)}")
-    config.update(overrides or {})
-    if config["hidden_size"] % config["num_attention_heads"]:
-        raise OpenUniError(f"{config['num_attention_heads']} connector heads do not divide the hidden size "
-                           f"{config['hidden_size']}")
-    return OpenUniConnector(**config, caption_channels=caption_channels)
+def load_vae(vae_dir: Path, dtype: torch.dtype) -> AutoencoderDC:
+    return load_diffusers_model(AutoencoderDC, vae_dir, dtype, "DC-AE", "--vae")
 
 
-def load_pipeline(
+def resolve_mllm_dirs(mllm: str | Path, tokenizer: str | Path | None, local_files_only: bool = False
+                      ) -> tuple[Path, Path]:
+    """(InternVL3 folder, tokenizer folder): the tokenizer is the MLLM's own unless given."""
+    mllm_dir = resolve_dir(mllm, "InternVL3 MLLM", "--mllm", MLLM_FILES, local_files_only)
+    tokenizer_dir = (resolve_dir(tokenizer, "tokenizer", "--tokenizer", MLLM_FILES, local_files_only)
+                     if tokenizer else mllm_dir)
+    return mllm_dir, tokenizer_dir
+
+
+def load_language_parts(mllm_dir: Path, tokenizer_dir: Path, dtype: torch.dtype, device: torch.device):
+    """(tokenizer, InternVL3 model): the understanding half, which chat loads on its own."""
+    tokenizer_obj = load_tokenizer(tokenizer_dir)
+    return tokenizer_obj, load_mllm(mllm_dir, tokenizer_obj, dtype=dtype, device=device)
+
+
+@dataclass
+class Components:
+    """Everything an `OpenUniPipeline` is made of, loaded."""
+
+    tokenizer: object
+    mllm: torch.nn.Module
+    connector: OpenUniConnector
+    transformer: SanaTransformer2DModel
+    vae: AutoencoderDC
+    scheduler: DPMSolverMultistepScheduler
+
+
+def load_components(
     variant: str = "openuni-b-512",
     *,
     stage: str = "finetune",
@@ -196,54 +180,55 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     local_files_only: bool = False,
-) -> OpenUniPipeline:
-    """Build the pipeline of a released variant; every component can come from a local path instead of the Hub.
+) -> Components:
+    """The components of a released variant; every one can come from a local path instead of the Hub.
 
     `checkpoint=False` starts from scratch (pretraining): a freshly initialised connector of the variant's geometry
-    (or of `connector_config`, for models of other sizes) and the SANA transformer as it comes.
+    (or of `connector_config`, for models of other sizes) and the SANA transformer as it comes. Every source is
+    resolved (and found or downloaded) before any weights are read.
     """
     spec = get_variant(variant)
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
-
-    mllm_dir = resolve_dir(mllm or spec.mllm_repo, "InternVL3 MLLM", "--mllm", MLLM_FILES, local_files_only)
-    tokenizer_dir = resolve_dir(tokenizer, "tokenizer", "--tokenizer", MLLM_FILES, local_files_only) if tokenizer else mllm_dir
-    transformer_root = resolve_dir(
-        transformer or spec.transformer_repo, "SANA transformer", "--transformer",
-        ["transformer/*", "scheduler/*"], local_files_only,
-    )
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    mllm_dir, tokenizer_dir = resolve_mllm_dirs(mllm or spec.mllm_repo, tokenizer, local_files_only)
+    transformer_root = resolve_dir(transformer or spec.transformer_repo, "SANA transformer", "--transformer",
+                                   ["transformer/*", "scheduler/*"], local_files_only)
     transformer_dir = _component_dir(transformer_root, "transformer", "config.json")
     if transformer_dir is None:
         raise OpenUniError(f"--transformer {transformer_root}: no config.json there or in transformer/")
-    vae_dir = resolve_dir(vae or spec.vae_repo, "DC-AE", "--vae", ["*.json", "*.safetensors"], local_files_only)
-    vae_dir = _component_dir(vae_dir, "vae", "config.json") or vae_dir
+    vae_dir = resolve_vae_dir(vae or spec.vae_repo, local_files_only)
     from_scratch = checkpoint is False
     checkpoint_file = None if from_scratch else resolve_checkpoint(checkpoint, spec, stage, local_files_only)
 
-    tokenizer_obj = load_tokenizer(tokenizer_dir)
-    mllm_model = load_mllm(mllm_dir, tokenizer_obj, dtype=dtype, device=device)
+    tokenizer_obj, mllm_model = load_language_parts(mllm_dir, tokenizer_dir, dtype, device)
     transformer_model = load_diffusers_model(SanaTransformer2DModel, transformer_dir, dtype, "SANA transformer",
                                              "--transformer")
-    vae_model = load_diffusers_model(AutoencoderDC, vae_dir, dtype, "DC-AE", "--vae")
+    vae_model = load_vae(vae_dir, dtype)
     scheduler_obj = load_scheduler(scheduler, transformer_root)
-
+    caption_channels = transformer_model.config.caption_channels
     if from_scratch:
-        connector = fresh_connector(spec, connector_config, connector_heads, transformer_model.config.caption_channels)
+        heads = {} if connector_heads is None else {"num_attention_heads": connector_heads}
+        connector = OpenUniConnector.fresh(spec.connector, spec.num_queries, caption_channels,
+                                           {**heads, **(connector_config or {})})
     else:
         release_state = read_state_dict(checkpoint_file)
-        connector_state, _, _ = split_release(release_state)
-        connector = build_connector(spec, connector_state, connector_heads)
-    llm_hidden = mllm_model.config.text_config.hidden_size
-    if connector.config.hidden_size != llm_hidden:
-        raise OpenUniError(f"the checkpoint's connector is {connector.config.hidden_size} wide, the MLLM's hidden "
-                           f"size is {llm_hidden}: checkpoint and --mllm belong to different variants")
-    if connector.config.caption_channels != transformer_model.config.caption_channels:
-        raise OpenUniError(f"the checkpoint projects to {connector.config.caption_channels} channels, the SANA "
-                           f"transformer takes {transformer_model.config.caption_channels}: they do not belong together")
+        connector = OpenUniConnector.for_state_dict(split_release(release_state)[0], spec.connector,
+                                                    spec.num_queries, connector_heads, spec.name)
+    check_components_fit(connector, mllm_model, transformer_model)
     if not from_scratch:
         load_release(connector, transformer_model, checkpoint_file, release_state)
 
     connector.type(dtype)  # (ModelMixin.to(dtype) warns about fp32 modules even when there are none)
     for module in (connector, transformer_model, vae_model):
         module.to(device)
-    return OpenUniPipeline(tokenizer_obj, mllm_model, connector, transformer_model, vae_model, scheduler_obj)
+    return Components(tokenizer_obj, mllm_model, connector, transformer_model, vae_model, scheduler_obj)
+
+
+def check_components_fit(connector: OpenUniConnector, mllm, transformer) -> None:
+    llm_hidden = mllm.config.text_config.hidden_size
+    if connector.config.hidden_size != llm_hidden:
+        raise OpenUniError(f"the checkpoint's connector is {connector.config.hidden_size} wide, the MLLM's hidden "
+                           f"size is {llm_hidden}: checkpoint and --mllm belong to different variants")
+    if connector.config.caption_channels != transformer.config.caption_channels:
+        raise OpenUniError(f"the checkpoint projects to {connector.config.caption_channels} channels, the SANA "
+                           f"transformer takes {transformer.config.caption_channels}: they do not belong together")

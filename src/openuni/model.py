@@ -1,7 +1,10 @@
 """OpenUni's computation: frozen InternVL3 + learned queries + connector + projector -> SANA -> DC-AE.
 
-`OpenUni` holds references to the components (it owns no weights of its own) and computes; the pipeline generates
-with it, the trainer trains with it. SPEC "The computation" and the quirks of parity/README.md are followed exactly.
+`OpenUni` is the model: conditioning, the DiT's prediction, decoding and the training forward (per-sample
+flow-matching losses). Its module tree holds only what can train, the connector (queries, connector, projector)
+and the SANA transformer, so DDP, FSDP, DeepSpeed and training checkpoints deal with those alone; the frozen MLLM
+and VAE are held beside it. The pipeline generates with it, the trainer trains it. SPEC "The computation" and the
+quirks of parity/README.md are followed exactly.
 """
 
 from __future__ import annotations
@@ -19,12 +22,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class OpenUni(nn.Module):
-    def __init__(self, mllm: nn.Module, connector: OpenUniConnector, transformer: nn.Module, vae: nn.Module):
+    def __init__(self, mllm: nn.Module, connector: OpenUniConnector, transformer: nn.Module, vae: nn.Module,
+                 train_scheduler=None):
         super().__init__()
-        self.mllm = mllm
         self.connector = connector
         self.transformer = transformer
-        self.vae = vae
+        self._frozen = (mllm, vae)  # a tuple: not registered as submodules
+        self.train_scheduler = train_scheduler  # the training schedule (training.model.training_scheduler)
+
+    @property
+    def mllm(self) -> nn.Module:
+        return self._frozen[0]
+
+    @property
+    def vae(self) -> nn.Module:
+        return self._frozen[1]
 
     @property
     def language_model(self) -> nn.Module:
@@ -79,13 +91,10 @@ class OpenUni(nn.Module):
         return self.mllm.model.get_image_features(pixel_values=x.to(vision_dtype), return_dict=True).pooler_output
 
     def latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1] (unclamped, as the reference)."""
-        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return self.vae.decode(latents).sample
+        return decode_latents(self.vae, latents)
 
     def pixels_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent
-        return latents * self.vae.config.scaling_factor
+        return encode_pixels(self.vae, pixel_values)
 
     def predict_velocity(
         self, latents: torch.Tensor, timestep: torch.Tensor, caption_embeds: torch.Tensor
@@ -98,6 +107,12 @@ class OpenUni(nn.Module):
             timestep=timestep.float(),  # float32 even in bf16: 999 would round to 1000 there
             return_dict=False,
         )[0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, latents: torch.Tensor,
+                noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The training forward: per-sample flow-matching losses of a text-to-image batch."""
+        caption_embeds = self.encode_text(input_ids, attention_mask)
+        return self.flow_matching_loss(latents, caption_embeds, self.train_scheduler, noise=noise, u=u).per_sample_loss
 
     def flow_matching_loss(
         self,
@@ -146,6 +161,17 @@ class OpenUni(nn.Module):
         return self.condition(inputs_embeds, attention_mask)
 
 
+def encode_pixels(vae: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> scaled DC-AE latents (what SANA sees and training caches)."""
+    latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent
+    return latents * vae.config.scaling_factor
+
+
+def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> images in [-1, 1] (unclamped, as the reference)."""
+    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8, with the reference's conversion (127.5 x + 128, truncated)."""
     return torch.clamp(127.5 * pixels.float() + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
@@ -164,14 +190,3 @@ class FlowMatchingOutput:
     noisy_latents: torch.Tensor
     timesteps: torch.Tensor
     sigmas: torch.Tensor
-
-
-def training_scheduler(sampling_scheduler_config, shift: float = 1.0) -> "FlowMatchEulerDiscreteScheduler":
-    """The reference's training schedule: a flow-match Euler scheduler read from the sampling scheduler's config.
-
-    That config has `flow_shift` but no `shift`, so the training sigmas are unshifted: sigma = (1000 - i) / 1000.
-    `shift` other than 1 trains on shifted sigmas instead (SPEC: keep it configurable).
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    return FlowMatchEulerDiscreteScheduler.from_config(dict(sampling_scheduler_config), shift=shift)

@@ -13,6 +13,7 @@ Seeds: with `seed=s`, image k of a prompt starts from `randn` of one latent draw
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,9 @@ from diffusers.utils import BaseOutput
 
 from .connector import OpenUniConnector
 from .errors import OpenUniError
+from .files import write_files_into
 from .images import load_image, size_like
+from .loading import load_components
 from .model import OpenUni, to_uint8
 from .prompting import (EDIT_UNCONDITIONAL, IMG_CONTEXT, IMG_END, IMG_START, edit_prompt, generation_prompt,
                         unconditional_prompt)
@@ -42,22 +45,51 @@ class OpenUniPipelineOutput(BaseOutput):
 
 class OpenUniPipeline(DiffusionPipeline):
     def __init__(self, tokenizer, mllm, connector: OpenUniConnector, transformer, vae, scheduler):
+        """Registers the components as they are: constructing a pipeline changes nothing it is given (the trainer
+        samples through one built on its live modules). Loading for inference freezes them (`for_inference`)."""
         super().__init__()
         self.register_modules(
             tokenizer=tokenizer, mllm=mllm, connector=connector, transformer=transformer, vae=vae, scheduler=scheduler
         )
         self._offload_device: torch.device | None = None
-        # An inference pipeline: frozen, eval-mode components. (This also keeps CPU results identical however the
-        # pipeline was built: oneDNN picks another convolution kernel for weights that require grad.)
-        for module in (mllm, connector, transformer, vae):
-            module.requires_grad_(False).eval()
+        self._model = OpenUni(mllm, connector, transformer, vae)
+
+    # -- construction -----------------------------------------------------------------------------------------
 
     @classmethod
     def from_variant(cls, variant: str = "openuni-b-512", **kwargs) -> "OpenUniPipeline":
-        """A released variant from the Hub or local files; see `openuni.loading.load_pipeline` for the options."""
-        from .loading import load_pipeline
+        """A released variant from the Hub or local files, ready for inference; the options are those of
+        `openuni.loading.load_components` (local paths per part, checkpoint, device, dtype, ...)."""
+        return cls(**vars(load_components(variant, **kwargs))).for_inference()
 
-        return load_pipeline(variant, **kwargs)
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "OpenUniPipeline":
+        """A directory written by `save_pretrained` (diffusers' layout), ready for inference."""
+        return super().from_pretrained(*args, **kwargs).for_inference()
+
+    @classmethod
+    def from_model(cls, model: OpenUni, tokenizer, scheduler) -> "OpenUniPipeline":
+        """A pipeline generating with `model` itself (the trainer's live one): its modules' trainability and modes
+        are left as they are."""
+        pipe = cls(tokenizer, model.mllm, model.connector, model.transformer, model.vae, scheduler)
+        pipe._model = model
+        return pipe
+
+    def for_inference(self) -> "OpenUniPipeline":
+        """Freeze every component and put it in eval mode. (This also keeps CPU results identical however the
+        pipeline was built: oneDNN picks another convolution kernel for weights that require grad.)"""
+        for module in (self.mllm, self.connector, self.transformer, self.vae):
+            module.requires_grad_(False).eval()
+        return self
+
+    @property
+    def model(self) -> OpenUni:
+        """The computation over the registered components (rebuilt only if one of them was replaced)."""
+        model = self._model
+        if (model.mllm, model.connector, model.transformer, model.vae) != (self.mllm, self.connector,
+                                                                          self.transformer, self.vae):
+            self._model = OpenUni(self.mllm, self.connector, self.transformer, self.vae, model.train_scheduler)
+        return self._model
 
     # -- memory: model CPU offload ----------------------------------------------------------------------------------
 
@@ -88,10 +120,6 @@ class OpenUniPipeline(DiffusionPipeline):
         finally:
             for module in modules:
                 module.to("cpu")
-
-    @property
-    def model(self) -> OpenUni:
-        return OpenUni(self.mllm, self.connector, self.transformer, self.vae)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -349,13 +377,22 @@ class OpenUniPipeline(DiffusionPipeline):
         return self(prompt=instruction, image=image, **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """Diffusers' layout, written to a temporary folder first so a failure leaves nothing half-written."""
-        import shutil
-
+        """Diffusers' layout in safetensors. Only our own files are written or replaced in `save_directory` (each
+        atomically, so a failure leaves no torn file): whatever else the folder holds stays as it is."""
         target = Path(save_directory)
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        super().save_pretrained(partial, safe_serialization=True, **kwargs)
-        if target.exists():
-            shutil.rmtree(target)
-        partial.rename(target)
+        if target.exists() and not target.is_dir():
+            raise OpenUniError(f"cannot save the pipeline to {target}: it exists and is not a folder")
+        write_files_into(target, lambda partial: super(OpenUniPipeline, self).save_pretrained(
+            partial, safe_serialization=True, **kwargs), is_stale=is_weight_file)
+
+
+WEIGHT_FILE = re.compile(r"^(diffusion_pytorch_model|model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def is_weight_file(relative: Path) -> bool:
+    """A component's weight file or shard index, as diffusers and transformers name them: an older save's shards
+    that a new save does not write again must go, or a loader would mix them in (diffusers cleans them too)."""
+    return len(relative.parts) == 2 and WEIGHT_FILE.match(relative.name) is not None
+
+
+load_pipeline = OpenUniPipeline.from_variant

@@ -268,7 +268,7 @@ def build_random_pipeline(variant_name: str, tokenizer_dir: Path, device, dtype)
         connector = OpenUniConnector(**vars(variant.connector), num_queries=variant.num_queries,
                                      caption_channels=transformer.config.caption_channels).type(dtype)
     scheduler = DPMSolverMultistepScheduler(**SANA_SCHEDULER_CONFIG)
-    return OpenUniPipeline(tokenizer, mllm, connector, transformer, vae, scheduler)
+    return OpenUniPipeline(tokenizer, mllm, connector, transformer, vae, scheduler).for_inference()
 
 
 def build_tiny_openuni(root: str | Path, seed: int = 0) -> TinyOpenUni:

@@ -47,17 +47,12 @@ class Variant:
     transformer_geometry: dict = field(repr=False)
     vae_repo: str = VAE_REPO
     num_queries: int = 256
-    vit_input_size: int = 448
 
     def checkpoint_filename(self, stage: str = "finetune") -> str:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         suffix = "blip3o60k" if stage == "finetune" else "text2image23m"
         return f"{self.checkpoint_stem}_{suffix}.pth"
-
-    @property
-    def mllm_hf_repo(self) -> str:
-        return self.mllm_repo + "-hf"
 
 
 INTERN_VIT_300M = dict(

@@ -11,27 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import DTYPES
 from ..errors import OpenUniError
+from .options import add_model_arguments
 
 HELP_LINE = "commands: /image PATH (attach to the next question), /reset (new conversation), /exit"
 
 
 def add_parser(subparsers) -> None:
-    from ..variants import VARIANTS
-
     parser = subparsers.add_parser("chat", help="ask InternVL3 about images (or chat without one)",
                                    description="Image understanding with the frozen InternVL3 of an OpenUni variant.")
     parser.add_argument("question", nargs="?", help="omit for an interactive conversation read from standard input")
     parser.add_argument("--image", action="append", type=Path, default=[], metavar="PATH",
                         help="an image to ask about (repeat for several)")
-    group = parser.add_argument_group("model (only the MLLM is loaded)")
-    group.add_argument("--variant", default="openuni-b-512", choices=list(VARIANTS),
-                       help="use this variant's InternVL3 from the Hub")
-    group.add_argument("--mllm", metavar="PATH", help="InternVL3 directory or Hub id (original or -hf layout)")
-    group.add_argument("--tokenizer", metavar="PATH", help="tokenizer directory (default: the MLLM's)")
-    group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
-    group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+    add_model_arguments(parser, mllm_only=True)
     group = parser.add_argument_group("answering")
     group.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -63,13 +55,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..chat import INTERNVL_SYSTEM_PROMPT, Conversation, InternVLChat
-    from ..loading import default_device, default_dtype
+    from ..devices import resolve_device, resolve_dtype
 
     check_arguments(args)
-    device = torch.device(args.device) if args.device else default_device()
-    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    device = resolve_device(args.device)
     chat = InternVLChat.from_pretrained(mllm=args.mllm, variant=args.variant, tokenizer=args.tokenizer, device=device,
-                                        dtype=dtype, max_tiles=args.max_tiles)
+                                        dtype=resolve_dtype(args.dtype, device), max_tiles=args.max_tiles)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     settings = dict(

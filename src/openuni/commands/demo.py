@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import socket
 
-from ..cli import add_model_arguments, pipeline_from_args
 from ..errors import OpenUniError
+from .options import add_model_arguments, pipeline_from_args
 
 
 def add_parser(subparsers) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from ..cli import add_model_arguments, add_sampling_arguments, check_sampling_arguments, pipeline_from_args
 from ..errors import OpenUniError
 from .generate import OutputWriter, output_paths
+from .options import add_model_arguments, add_sampling_arguments, pipeline_from_args, sampling_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -85,7 +86,7 @@ def batches(sizes: list[tuple[int, int]], per_batch: int) -> list[range]:
 def run(args: argparse.Namespace) -> int:
     from ..images import load_image
 
-    check_sampling_arguments(args)
+    sampling = sampling_from_args(args)
     pairs = read_pairs(args)
     per_pair = 1 if args.grid else args.num_images
     output = args.output or Path("openuni-edit.png" if len(pairs) * per_pair == 1 else "openuni-edits")
@@ -101,11 +102,8 @@ def run(args: argparse.Namespace) -> int:
     writer.quiet_steps(pipe, per_batch)
     for run_of_edits in batches(sizes, per_batch):
         height, width = sizes[run_of_edits[0]]
-        images = pipe.edit(
-            [load_image(pairs[i][0]) for i in run_of_edits], [pairs[i][1] for i in run_of_edits],
-            negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
-            guidance_scale=args.cfg_scale, num_images_per_prompt=args.num_images, seed=args.seed,
-        ).images
+        images = pipe.edit([load_image(pairs[i][0]) for i in run_of_edits], [pairs[i][1] for i in run_of_edits],
+                           **replace(sampling, height=height, width=width).pipeline_kwargs()).images
         writer.save(images, [(i, {"image": str(pairs[i][0]), "instruction": pairs[i][1]}) for i in run_of_edits])
     print(writer.summary())
     return 0

@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import (IMAGE_SUFFIXES, add_model_arguments, add_sampling_arguments, check_sampling_arguments,
-                   pipeline_from_args)
 from ..errors import OpenUniError
 from ..files import save_image_atomically, write_text_atomically
+from .options import add_model_arguments, add_sampling_arguments, pipeline_from_args, sampling_from_args
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def add_parser(subparsers) -> None:
@@ -102,7 +103,7 @@ class OutputWriter:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_sampling_arguments(args)
+    sampling = sampling_from_args(args)
     prompts = read_prompts(args)
     per_prompt = 1 if args.grid else args.num_images
     output = args.output or Path("openuni.png" if len(prompts) * per_prompt == 1 else "openuni-outputs")
@@ -114,11 +115,7 @@ def run(args: argparse.Namespace) -> int:
     writer.quiet_steps(pipe, prompts_per_batch)
     for start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[start:start + prompts_per_batch]
-        images = pipe(
-            batch, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-            num_inference_steps=args.steps, guidance_scale=args.cfg_scale, num_images_per_prompt=args.num_images,
-            seed=args.seed,
-        ).images
+        images = pipe(batch, **sampling.pipeline_kwargs()).images
         writer.save(images, [(start + offset, {"prompt": prompt}) for offset, prompt in enumerate(batch)])
     print(writer.summary())
     return 0

@@ -20,7 +20,7 @@ import numpy as np
 import PIL.Image
 
 from ..errors import OpenUniError
-from .generate import read_output_image
+from .outputs import read_output_image
 
 TILES_PER_SIDE = 2
 

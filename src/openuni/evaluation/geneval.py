@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OpenUniError
+from .outputs import read_output_image
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
@@ -164,8 +165,6 @@ def sample_images(folder: Path) -> list[tuple[dict, Path]]:
 
 def score_image(path: Path, metadata: dict, detect, classify_colors: ColorClassifier) -> dict:
     """One row of the official results.jsonl."""
-    from .generate import read_output_image
-
     image = read_output_image(path)
     detections = keep_detections(detect(image), metadata["tag"])
     correct, reason = evaluate(metadata, detections, classify_colors, image)
@@ -174,3 +173,8 @@ def score_image(path: Path, metadata: dict, detect, classify_colors: ColorClassi
         "reason": reason, "metadata": json.dumps(metadata),
         "details": json.dumps({name: [[*d.box, d.score] for d in found] for name, found in detections.items()}),
     }
+
+
+def score_folder(folder: Path, detect, classify_colors: ColorClassifier, progress=lambda items: items) -> list[dict]:
+    """`detect(image)` -> candidates per class; one row per sample, as the official results.jsonl."""
+    return [score_image(path, metadata, detect, classify_colors) for metadata, path in progress(sample_images(folder))]

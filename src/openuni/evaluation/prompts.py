@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OpenUniError
-from ..files import write_bytes_atomically
+from ..files import write_bytes_atomically, write_directory_atomically
 
 GENEVAL_REPO, GENEVAL_COMMIT = "djghosh13/geneval", "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 DPG_REPO, DPG_COMMIT = "TencentQQGYLab/ELLA", "3c228f1dc6c4d3cad0a47493816151a419f14db3"
@@ -63,17 +63,19 @@ def fetch_folder(repo: str, commit: str, folder_in_repo: str) -> Path:
     if target.is_dir():
         return target
     archive = _download(f"https://codeload.github.com/{repo}/tar.gz/{commit}")
-    partial = target.with_name(f".{target.name}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            inner = member.name.split("/", 1)[-1]  # drop the archive's top folder "<repo>-<commit>/"
-            if member.isfile() and inner.startswith(folder_in_repo.rstrip("/") + "/"):
-                relative = inner[len(folder_in_repo.rstrip("/")) + 1:]
-                if "/" in relative or relative.startswith("."):
-                    continue
-                (partial / relative).write_bytes(tar.extractfile(member).read())
-    os.replace(partial, target)
+    prefix = folder_in_repo.rstrip("/") + "/"
+
+    def unpack(partial: Path) -> None:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                inner = member.name.split("/", 1)[-1]  # drop the archive's top folder "<repo>-<commit>/"
+                relative = inner[len(prefix):]
+                # Plain files directly in the folder only: no links, no subfolders, no hidden or escaping names.
+                if member.isfile() and inner.startswith(prefix) and relative and "/" not in relative \
+                        and not relative.startswith("."):
+                    (partial / relative).write_bytes(tar.extractfile(member).read())
+
+    write_directory_atomically(target, unpack)
     return target
 
 

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from ..files import write_text_atomically
-
-TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "wise": "WISE"}
+from .benchmarks import BENCHMARKS
 
 
 def write_report(output: Path, benchmark: str, scores: dict, scorer: dict, generation: dict | None = None,
@@ -36,7 +35,8 @@ def _number(value) -> str:
 
 
 def markdown(summary: dict) -> str:
-    title = TITLES.get(summary["benchmark"], summary["benchmark"])
+    known = BENCHMARKS.get(summary["benchmark"])
+    title = known.title if known else summary["benchmark"]
     scorer = summary["scorer"]
     label = " (PROXY judge: not comparable with published scores)" if summary["proxy"] else ""
     lines = [f"# {title} results{label}", "", f"**Overall: {_number(summary['overall'])}**", ""]

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 
 from ..errors import OpenUniError
-from .generate import read_output_image
+from .outputs import read_output_image
 from .prompts import BenchmarkPrompt
 
 WEIGHTS = {"consistency": 0.7, "realism": 0.2, "aesthetic_quality": 0.1}

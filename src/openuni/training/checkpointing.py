@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import OpenUniError
-from ..files import write_text_atomically
+from ..files import partial_path as hidden_partial, publish_directory, write_text_atomically
 
 STATE_FILE = "trainer_state.json"
 NAME = re.compile(r"^step-(\d{8})$")
@@ -28,7 +28,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def partial_path(output_dir: str | Path, step: int) -> Path:
-    return checkpoint_root(output_dir) / f".{checkpoint_name(step)}.partial"
+    return hidden_partial(checkpoint_root(output_dir) / checkpoint_name(step))
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -55,9 +55,7 @@ def read_trainer_state(directory: Path) -> dict:
 def publish(output_dir: str | Path, step: int, keep: int) -> Path:
     """Rename the finished partial checkpoint into place and delete all but the newest `keep`."""
     final = checkpoint_root(output_dir) / checkpoint_name(step)
-    if final.exists():
-        shutil.rmtree(final)
-    partial_path(output_dir, step).rename(final)
+    publish_directory(partial_path(output_dir, step), final)
     for old in complete_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in checkpoint_root(output_dir).glob(".step-*.partial"):

@@ -1,36 +1,24 @@
-"""What accelerate wraps for training: the trainable modules, with the frozen MLLM and VAE alongside."""
+"""Preparing OpenUni for training: what trains (connector, SANA fully or through LoRA), the training schedule,
+and folding LoRA adapters back into SANA's weights for export."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..model import OpenUni
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-class TrainableOpenUni(nn.Module):
-    """Connector (queries, connector, projector) and SANA as submodules; the frozen MLLM and VAE are held outside
-    the module tree so that DDP/FSDP/DeepSpeed and checkpoints deal only with what can train."""
+def training_scheduler(sampling_scheduler_config, shift: float = 1.0) -> "FlowMatchEulerDiscreteScheduler":
+    """The reference's training schedule: a flow-match Euler scheduler read from the sampling scheduler's config.
 
-    def __init__(self, model: OpenUni, train_scheduler):
-        super().__init__()
-        self.connector = model.connector
-        self.transformer = model.transformer
-        self.frozen = (model.mllm, model.vae)  # a tuple: not registered as submodules
-        self.train_scheduler = train_scheduler
+    That config has `flow_shift` but no `shift`, so the training sigmas are unshifted: sigma = (1000 - i) / 1000.
+    `shift` other than 1 trains on shifted sigmas instead (SPEC: keep it configurable; parity quirk 7).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    def openuni(self) -> OpenUni:
-        mllm, vae = self.frozen
-        return OpenUni(mllm, self.connector, self.transformer, vae)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, latents: torch.Tensor,
-                noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Per-sample flow-matching losses of a text-to-image batch."""
-        model = self.openuni()
-        caption_embeds = model.encode_text(input_ids, attention_mask)
-        return model.flow_matching_loss(latents, caption_embeds, self.train_scheduler, noise=noise, u=u).per_sample_loss
+    return FlowMatchEulerDiscreteScheduler.from_config(dict(sampling_scheduler_config), shift=shift)
 
 
 def configure_trainable(model: OpenUni, train_transformer: bool, lora_rank: int, lora_alpha: float | None,

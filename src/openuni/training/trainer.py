@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,23 +17,23 @@ from ..data.collate import stack_latents, tokenize_prompts, training_prompts
 from ..data.images import aspect_buckets
 from ..data.sources import open_source
 from ..data.stream import SampleStream, StreamLayout, sample_generator
+from ..devices import cpu_only
 from ..errors import OpenUniError
-from ..model import training_scheduler
+from ..loading import Components, load_components
+from ..model import OpenUni
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
-from .model import TrainableOpenUni, configure_trainable, merge_lora
+from .model import configure_trainable, merge_lora, training_scheduler
 from .optim import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
 
 
-def load_components(config: TrainConfig, device: torch.device):
-    """The pipeline to train, in float32 (accelerate's autocast does the mixed precision)."""
-    from ..loading import load_pipeline
-
+def load_training_components(config: TrainConfig, device: torch.device) -> Components:
+    """The parts to train, in float32 (accelerate's autocast does the mixed precision)."""
     init = config.init_checkpoint
     checkpoint = False if str(init).lower() == "none" else init
-    return load_pipeline(
+    return load_components(
         config.variant, stage=config.init_stage, mllm=config.mllm, tokenizer=config.tokenizer,
         transformer=config.transformer, vae=config.vae, scheduler=config.scheduler, checkpoint=checkpoint,
         connector_heads=config.connector_heads, connector_config=config.connector, device=device, dtype=torch.float32,
@@ -46,12 +47,6 @@ def batch_noise(indices: list[int], latents: torch.Tensor, seed: int) -> tuple[t
         noise.append(torch.randn(sample_latents.shape, generator=sample_generator(seed, index, "noise")))
         u.append(torch.rand(1, generator=sample_generator(seed, index, "timestep")))
     return torch.stack(noise).to(latents.device), torch.cat(u).to(latents.device)
-
-
-def cpu_only() -> bool:
-    """No accelerator here: accelerate must then be told so to run several processes (gloo) rather than one."""
-    xpu = getattr(torch, "xpu", None)
-    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()))
 
 
 class Trainer:
@@ -71,20 +66,21 @@ class Trainer:
         )
         self.output_dir = Path(config.output_dir)
         self.sources = [open_source(s.kind, s.path, **self.source_options(s)) for s in config.data]
-        self.pipe = load_components(config, self.accelerator.device)
-        self.model = self.pipe.model
+        parts = load_training_components(config, self.accelerator.device)
+        self.tokenizer, self.sampling_scheduler = parts.tokenizer, parts.scheduler
+        self.model = OpenUni(parts.mllm, parts.connector, parts.transformer, parts.vae,
+                             training_scheduler(parts.scheduler.config, config.train_shift))
         self.lower_frozen_precision()
         configure_trainable(self.model, config.train_transformer, config.lora_rank, config.lora_alpha,
                             config.activation_checkpointing)
-        self.trainable = TrainableOpenUni(self.model, training_scheduler(self.pipe.scheduler.config, config.train_shift))
         try:
-            self.optimizer = build_optimizer(self.trainable, config.lr, config.betas, config.weight_decay)
+            self.optimizer = build_optimizer(self.model, config.lr, config.betas, config.weight_decay)
         except ValueError as error:
             raise OpenUniError(str(error)) from None
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config.max_steps, config.warmup_ratio,
                                                config.warmup_start_factor)
         self.fill_deepspeed_config()
-        self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, self.optimizer)
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # Stepped once per optimisation step by us (accelerate would step a prepared one once per process).
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
         self.step = 0
@@ -138,7 +134,7 @@ class Trainer:
         config, device = self.config, self.accelerator.device
         indices = [s["index"] for s in samples]
         prompts = training_prompts([s["caption"] for s in samples], indices, config.seed, config.caption_dropout)
-        input_ids, attention_mask = tokenize_prompts(self.pipe.tokenizer, prompts, config.max_prompt_tokens)
+        input_ids, attention_mask = tokenize_prompts(self.tokenizer, prompts, config.max_prompt_tokens)
         with torch.no_grad():
             latents = stack_latents(samples, lambda pixels: self.model.pixels_to_latents(pixels.to(device))).to(device)
         noise, u = batch_noise(indices, latents, config.seed)
@@ -194,19 +190,18 @@ class Trainer:
         state = self.accelerator.get_state_dict(self.wrapped)
         if not self.accelerator.is_main_process:
             return
-        config, trainable = self.config, self.accelerator.unwrap_model(self.wrapped)
-        connector = type(trainable.connector).from_config(trainable.connector.config)
+        config, trained = self.config, self.accelerator.unwrap_model(self.wrapped)
+        connector = type(trained.connector).from_config(trained.connector.config)
         connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
         transformer_state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
         if config.lora_rank:
             transformer_state = merge_lora(transformer_state, (config.lora_alpha or config.lora_rank) / config.lora_rank)
-        transformer = type(trainable.transformer).from_config(trainable.transformer.config)
+        transformer = type(trained.transformer).from_config(trained.transformer.config)
         transformer.load_state_dict(transformer_state)
         trained_transformer = config.train_transformer or config.lora_rank > 0
         save_release(connector, transformer if trained_transformer else None, directory / "openuni.pth")
-        mllm, vae = trainable.frozen
-        OpenUniPipeline(self.pipe.tokenizer, mllm, connector, transformer, vae, self.pipe.scheduler).save_pretrained(
-            directory / "pipeline")
+        OpenUniPipeline(self.tokenizer, trained.mllm, connector, transformer, trained.vae,
+                        self.sampling_scheduler).save_pretrained(directory / "pipeline")
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
@@ -265,20 +260,20 @@ class Trainer:
 
     @torch.no_grad()
     def write_samples(self) -> None:
-        """A grid of the sample prompts at this step, saved and sent to TensorBoard (main process)."""
+        """A grid of the sample prompts at this step, saved and sent to TensorBoard (main process). It generates
+        with the live model in eval mode, then restores every module's mode: training goes on exactly as before."""
         from ..files import save_image_atomically
         from ..images import image_grid
         from ..pipeline import OpenUniPipeline
 
         if not self.accelerator.is_main_process or not self.config.sample_prompts:
             return
-        trainable = self.accelerator.unwrap_model(self.wrapped)
-        mllm, vae = trainable.frozen
-        pipe = OpenUniPipeline(self.pipe.tokenizer, mllm, trainable.connector, trainable.transformer, vae,
-                               type(self.pipe.scheduler).from_config(self.pipe.scheduler.config))
+        model = self.accelerator.unwrap_model(self.wrapped)
+        scheduler = type(self.sampling_scheduler).from_config(self.sampling_scheduler.config)
+        pipe = OpenUniPipeline.from_model(model, self.tokenizer, scheduler)
         pipe.set_progress_bar_config(disable=True)
         size = self.config.resolution
-        with self.accelerator.autocast():
+        with evaluating(model.mllm, model.connector, model.transformer, model.vae), self.accelerator.autocast():
             images = pipe(self.config.sample_prompts, height=size, width=size, num_inference_steps=self.config.sample_steps,
                           seed=0, output_type="pil").images
         save_image_atomically(image_grid(images), self.output_dir / "samples" / f"step-{self.step:08d}.png")
@@ -287,3 +282,17 @@ class Trainer:
                 import numpy as np
 
                 tracker.writer.add_images("samples", np.stack([np.asarray(i) for i in images]), self.step, dataformats="NHWC")
+
+
+@contextmanager
+def evaluating(*modules: torch.nn.Module):
+    """Eval mode inside, each submodule's own train/eval mode restored after (the LLM trains in train mode for
+    activation checkpointing while the VAE stays in eval mode; requires_grad is never touched)."""
+    modes = [(module, module.training) for root in modules for module in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -1,0 +1,140 @@
+"""The flags several subcommands share, and what they turn into: the model flags -> a loaded pipeline (or just the
+MLLM), the sampling flags -> `SamplingOptions`. Heavy libraries are imported only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..acceleration import COMPILE_MODES  # light: no heavy imports there
+from ..devices import DTYPES
+from ..errors import OpenUniError
+from ..sampling import SamplingOptions
+
+PART_FLAGS = {
+    "mllm": "InternVL3 directory or Hub id (original or -hf layout)",
+    "tokenizer": "tokenizer directory (default: the MLLM's)",
+    "transformer": "SANA transformer directory or Hub id",
+    "vae": "DC-AE directory or Hub id",
+    "scheduler": "scheduler directory or scheduler_config.json",
+    "checkpoint": "release .pth file",
+}
+MLLM_PARTS = ("mllm", "tokenizer")
+SAMPLING_FLAGS = {"height": "--height", "width": "--width", "steps": "--steps", "num_images": "--num-images"}
+
+
+def add_device_arguments(group, dtype: bool = True) -> None:
+    group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    if dtype:
+        group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, mllm_only: bool = False) -> None:
+    """The model flags: a released variant from the Hub, each part overridable by a local path. `mllm_only` for
+    commands that load only the MLLM (chat)."""
+    from ..variants import STAGES, VARIANTS
+
+    if mllm_only:
+        group = parser.add_argument_group("model (only the MLLM is loaded)")
+        group.add_argument("--variant", default="openuni-b-512", choices=list(VARIANTS),
+                           help="use this variant's InternVL3 from the Hub")
+    else:
+        group = parser.add_argument_group("model (a released variant from the Hub, each part overridable by a "
+                                          "local path)")
+        group.add_argument("--variant", default="openuni-b-512", choices=list(VARIANTS), help="released variant")
+        group.add_argument("--stage", default="finetune", choices=STAGES,
+                           help="finetuned (blip3o60k) or pretrained weights")
+        group.add_argument("--model", metavar="DIR", help="a saved OpenUniPipeline directory (instead of --variant)")
+    for name, what in PART_FLAGS.items():
+        if name in MLLM_PARTS or not mllm_only:
+            group.add_argument(f"--{name}", metavar="PATH", help=what)
+    if not mllm_only:
+        group.add_argument("--connector-heads", type=int, metavar="N",
+                           help="attention heads of the connector, for checkpoints of a size no variant has")
+    add_device_arguments(group)
+    if mllm_only:
+        return
+    speed = parser.add_argument_group("speed and memory (see docs/benchmarks.md)")
+    speed.add_argument("--compile", nargs="?", const="default", metavar="MODE", choices=COMPILE_MODES,
+                       help=f"torch.compile the DiT and connector; MODE: {', '.join(COMPILE_MODES)}")
+    speed.add_argument("--offload", action="store_true",
+                       help="keep the model in CPU memory, moving each part to the GPU only while it runs")
+    speed.add_argument("--vae-tiling", action="store_true", help="decode in tiles and one image at a time (1024 px)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, batch_size: int = 4, images_per_prompt: bool = True) -> None:
+    """The sampling flags; `images_per_prompt=False` where a layout fixes the count (benchmarks)."""
+    defaults = SamplingOptions()
+    group = parser.add_argument_group("sampling (defaults follow the reference protocol)")
+    group.add_argument("--seed", type=int, default=defaults.seed,
+                       help=f"image k of each prompt uses seed + k (default {defaults.seed})")
+    group.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default {defaults.steps})")
+    group.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale,
+                       help=f"classifier-free guidance scale (default {defaults.cfg_scale})")
+    group.add_argument("--negative-prompt", help="unconditional branch text (default: the reference's)")
+    group.add_argument("--height", type=int, help="multiple of 32 (default: the variant's resolution)")
+    group.add_argument("--width", type=int, help="multiple of 32 (default: the variant's resolution)")
+    if images_per_prompt:
+        group.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    group.add_argument("--batch-size", type=int, default=batch_size,
+                       help=f"images per forward pass (default {batch_size}); it changes images only by float "
+                            "rounding (see docs/benchmarks.md, 'Reproducibility')")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
+    """The sampling flags as checked `SamplingOptions` (before any model is loaded)."""
+    if getattr(args, "batch_size", 1) < 1:
+        raise OpenUniError("--batch-size must be at least 1")
+    return SamplingOptions(seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
+                           negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                           num_images=getattr(args, "num_images", 1)).check(names=SAMPLING_FLAGS)
+
+
+def pipeline_from_args(args: argparse.Namespace):
+    """The pipeline the model flags describe, with offload, VAE tiling and compilation as asked."""
+    from ..acceleration import compile_pipeline, enable_vae_memory_savers
+    from ..devices import resolve_device
+
+    device = resolve_device(args.device)
+    offload = args.offload and device.type != "cpu"
+    if args.offload and not offload:
+        logging.getLogger(__name__).warning("--offload has no effect on the CPU")
+    # With offload the weights are loaded into CPU memory, never all at once onto the GPU.
+    pipe = _load_pipeline(args, "cpu" if offload else device, device)
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    if args.vae_tiling:
+        enable_vae_memory_savers(pipe)
+    if args.compile:
+        compile_pipeline(pipe, mode=args.compile)
+    return pipe
+
+
+def _load_pipeline(args: argparse.Namespace, device, target_device):
+    """The pipeline on `device`, in the dtype that suits `target_device` (where it will run)."""
+    from ..devices import resolve_dtype
+    from ..pipeline import OpenUniPipeline
+
+    dtype = resolve_dtype(args.dtype, target_device)
+    if args.model:
+        overrides = [name for name in PART_FLAGS if getattr(args, name)]
+        if overrides:
+            raise OpenUniError(f"--model loads a whole saved pipeline; it cannot be combined with --{overrides[0]}")
+        model_dir = Path(args.model)
+        if not (model_dir / "model_index.json").is_file():
+            raise OpenUniError(f"--model {model_dir}: not a saved OpenUni pipeline (no model_index.json)")
+        return OpenUniPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
+    return OpenUniPipeline.from_variant(
+        args.variant, stage=args.stage, connector_heads=args.connector_heads, device=device, dtype=dtype,
+        **{name: getattr(args, name) for name in PART_FLAGS},
+    )
+
+
+def model_description(args: argparse.Namespace) -> dict:
+    """What the model flags name, for run records."""
+    if args.model:
+        return {"model": str(args.model)}
+    parts = {"variant": args.variant, "stage": args.stage}
+    parts.update({name: str(getattr(args, name)) for name in PART_FLAGS if getattr(args, name)})
+    return parts
