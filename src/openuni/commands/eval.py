@@ -16,8 +16,14 @@ from ..evaluation.benchmarks import BENCHMARKS, ScorerOptions
 from .options import (add_device_arguments, add_model_arguments, add_sampling_arguments, model_description,
                       pipeline_from_args, sampling_from_args)
 
-SCORE_USES = {"detector": ("geneval",), "clip": ("geneval",), "object_names": ("geneval",), "questions": ("dpg",),
-              "judge": ("dpg", "wise")}
+SCORER_HELP = {
+    "detector": "GenEval: Mask2Former COCO instance checkpoint",
+    "clip": "GenEval: CLIP for colours",
+    "object_names": "GenEval: object_names.txt",
+    "questions": "DPG-Bench: dpg_bench.csv",
+    "judge": "DPG-Bench/WISE: VLM judge, a proxy for the official one",
+}
+FILE_DEFAULTS = {"object_names": "built in", "questions": "fetched at a pinned commit"}
 
 
 def add_parser(subparsers) -> None:
@@ -36,7 +42,8 @@ def add_parser(subparsers) -> None:
     score = benchmarks.add_parser("score", help="score a folder written by `openuni eval BENCHMARK`")
     score.add_argument("score_benchmark", choices=list(BENCHMARKS), metavar="BENCHMARK", help=", ".join(BENCHMARKS))
     score.add_argument("folder", type=Path, help="the output folder")
-    score.add_argument("--prompts", type=Path, help="WISE only: the prompt files (for explanations)")
+    score.add_argument("--prompts", type=Path, help="the prompt files, where the scorer reads them (WISE: "
+                                                   "explanations; default: fetched)")
     add_device_arguments(score, dtype=False)
     _add_scorer_arguments(score, tuple(BENCHMARKS))
     score.set_defaults(func=run_score)
@@ -44,23 +51,17 @@ def add_parser(subparsers) -> None:
 
 def _add_scorer_arguments(parser: argparse.ArgumentParser, benchmarks: tuple[str, ...]) -> None:
     defaults = ScorerOptions()
-    helps = {
-        "detector": f"GenEval: Mask2Former COCO instance checkpoint (default {defaults.detector})",
-        "clip": f"GenEval: CLIP for colours (default {defaults.clip})",
-        "object_names": "GenEval: object_names.txt (default: built in)",
-        "questions": "DPG-Bench: dpg_bench.csv (default: fetched, pinned commit)",
-        "judge": f"DPG-Bench/WISE: VLM judge, a proxy for the official one (default {defaults.judge})",
-    }
+    settings = {name for benchmark in benchmarks for name in BENCHMARKS[benchmark].scorer_settings}
     group = parser.add_argument_group("scoring")
-    for name, uses in SCORE_USES.items():
-        if set(uses) & set(benchmarks):
-            path_like = name in ("object_names", "questions")
-            group.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
-                               type=Path if path_like else str, help=helps[name])
+    for name, what in SCORER_HELP.items():
+        if name in settings:
+            default = getattr(defaults, name)
+            group.add_argument(f"--{name.replace('_', '-')}", default=default, type=Path if default is None else str,
+                               help=f"{what} (default: {default or FILE_DEFAULTS[name]})")
 
 
 def scorer_options(args: argparse.Namespace) -> ScorerOptions:
-    return ScorerOptions(**{name: getattr(args, name) for name in SCORE_USES if hasattr(args, name)})
+    return ScorerOptions(**{name: getattr(args, name) for name in SCORER_HELP if hasattr(args, name)})
 
 
 def process_device(requested: str | None, launcher_device) -> str:
@@ -107,7 +108,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    prompts = BENCHMARKS["wise"].load_prompts(args.prompts) if args.score_benchmark == "wise" else None
+    prompts = BENCHMARKS[args.score_benchmark].load_prompts(args.prompts) if args.prompts else None
     score(args.score_benchmark, args.folder, args, prompts)
     return 0
 

@@ -50,6 +50,7 @@ class Benchmark:
     results_file: str
     proxy: bool  # judged by a stand-in for the official judge
     score: Callable[[Path, ScorerOptions, list[BenchmarkPrompt] | None, str], Scored]
+    scorer_settings: tuple[str, ...]  # the `ScorerOptions` fields its scorer reads
 
     def image_files(self, output: Path, prompt: BenchmarkPrompt) -> list[Path]:
         """The files one prompt produces, in sample order."""
@@ -122,20 +123,20 @@ BENCHMARKS = {
         name="geneval", title="GenEval", load_prompts=load_geneval,
         prompts_help="evaluation_metadata.jsonl (default: fetched from djghosh13/geneval at a pinned commit)",
         images_per_prompt=4, grid=False, per_prompt_folder=True, results_file="geneval_results.jsonl", proxy=False,
-        score=score_geneval,
+        score=score_geneval, scorer_settings=("detector", "clip", "object_names"),
     ),
     "dpg": Benchmark(
         name="dpg", title="DPG-Bench", load_prompts=load_dpg,
         prompts_help="the folder of <item_id>.txt prompts (default: fetched from TencentQQGYLab/ELLA at a pinned "
                      "commit)",
         images_per_prompt=4, grid=True, per_prompt_folder=False, results_file="dpg_results.jsonl", proxy=True,
-        score=score_dpg,
+        score=score_dpg, scorer_settings=("questions", "judge"),
     ),
     "wise": Benchmark(
         name="wise", title="WISE", load_prompts=load_wise,
         prompts_help="a folder with WISE's three JSON files, or one of them (default: fetched from PKU-YuanGroup/WISE)",
         images_per_prompt=1, grid=False, per_prompt_folder=False, results_file="wise_scores.jsonl", proxy=True,
-        score=score_wise,
+        score=score_wise, scorer_settings=("judge",),
     ),
 }
 

@@ -11,6 +11,7 @@ import re
 import PIL.Image
 import torch
 
+from ..devices import resolve_dtype
 from ..errors import OpenUniError
 from . import DEFAULT_JUDGE
 from .wise import RUBRIC
@@ -24,7 +25,7 @@ class TransformersJudge:
     def __init__(self, model: str = DEFAULT_JUDGE, device: str = "cpu", dtype: torch.dtype | None = None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+        dtype = resolve_dtype(dtype, device)
         try:
             self.processor = AutoProcessor.from_pretrained(model)
             self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()

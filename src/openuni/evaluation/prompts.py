@@ -151,9 +151,6 @@ def load_wise(path: str | Path | None = None) -> list[BenchmarkPrompt]:
     return _non_empty(prompts, files[0])
 
 
-LOADERS = {"geneval": load_geneval, "dpg": load_dpg, "wise": load_wise}
-
-
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
