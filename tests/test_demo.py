@@ -20,6 +20,7 @@ from openuni.cli import main  # noqa: E402
 from openuni.demo import DemoApp  # noqa: E402
 
 from conftest import tiny_cli_args  # noqa: E402
+from tolerances import assert_images_close  # noqa: E402
 
 FAST = dict(steps=2, seed=3)
 
@@ -57,7 +58,7 @@ def test_edit_gives_images_shaped_like_the_source(app, tiny_pipe, tmp_path):
     assert len(images) == 2
     expected = tiny_pipe.edit(str(source), "make it blue", num_inference_steps=2, seed=3).images[0]
     assert images[0].size == expected.size
-    np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected))
+    assert_images_close(images[0], expected)  # the demo edits 2 at once, this 1: float rounding apart
 
 
 def test_chat_streams_and_keeps_the_conversation(app, tmp_path):

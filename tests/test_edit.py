@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from openuni.errors import OpenUniError
+from tolerances import assert_images_close
 
 STEPS = dict(num_inference_steps=2, output_type="pt")
 
@@ -40,7 +41,7 @@ def test_batch_of_edits_equals_edits_one_by_one(tiny_pipe):
     together = tiny_pipe(instructions, image=sources, seed=7, num_images_per_prompt=2, **STEPS).images
     for index, (source, instruction) in enumerate(zip(sources, instructions)):
         alone = tiny_pipe.edit(source, instruction, seed=7, num_images_per_prompt=2, **STEPS).images
-        torch.testing.assert_close(together[2 * index:2 * index + 2], alone, atol=1e-5, rtol=1e-5)
+        assert_images_close(together[2 * index:2 * index + 2], alone)
     assert (together[0] - together[1]).abs().max() > 1e-3  # image k uses seed + k
 
 
@@ -48,8 +49,7 @@ def test_one_source_serves_several_instructions(tiny_pipe):
     source = random_image(6)
     shared = tiny_pipe.edit(source, ["make it blue", "add a hat"], seed=1, **STEPS).images
     assert shared.shape[0] == 2
-    torch.testing.assert_close(shared[1:], tiny_pipe.edit(source, "add a hat", seed=1, **STEPS).images,
-                               atol=1e-5, rtol=1e-5)
+    assert_images_close(shared[1:], tiny_pipe.edit(source, "add a hat", seed=1, **STEPS).images)
 
 
 def test_source_can_be_a_path(tiny_pipe, tmp_path):

@@ -8,7 +8,8 @@ Components are registered diffusers-style, so `save_pretrained`/`from_pretrained
 (`model_index.json` + one folder per component).
 
 Seeds: with `seed=s`, image k of a prompt starts from `randn` of one latent drawn from a CPU generator seeded
-`s + k`, whatever the batch and whatever else is in it; image 0 is therefore exactly the reference's noise.
+`s + k`, whatever the batch and whatever else is in it; image 0 is therefore exactly the reference's noise. The
+batch changes the image only by float rounding (README "Reproducibility").
 """
 
 from __future__ import annotations

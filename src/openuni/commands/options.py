@@ -78,8 +78,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, batch_size: int = 4,
     if images_per_prompt:
         group.add_argument("--num-images", type=int, default=1, help="images per prompt")
     group.add_argument("--batch-size", type=int, default=batch_size,
-                       help=f"images per forward pass (default {batch_size}); it changes images only by float "
-                            "rounding (see docs/benchmarks.md, 'Reproducibility')")
+                       help=f"images per forward pass (default {batch_size}); another batch size changes pixels "
+                            "by float rounding only (at most 2 levels; README, 'Reproducibility')")
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
