@@ -1,0 +1,86 @@
+"""Real uvicorn servers on the loopback interface for the serving tests, and what they compare."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import PIL.Image
+
+# THE PROMISE (until tests/tolerances.py lands): batch composition changes outputs only by float rounding; uint8
+# pixels agree within 2 levels (max abs) and mean abs diff <= 0.1 level.
+MAX_PIXEL_LEVELS = 2
+MEAN_PIXEL_LEVELS = 0.1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(service, on_load_failure=None):
+    """`create_app(service)` served by uvicorn on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    from openuni.serving.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service, on_load_failure), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def decoded(b64_json: str) -> PIL.Image.Image:
+    return PIL.Image.open(io.BytesIO(base64.b64decode(b64_json))).convert("RGB")
+
+
+def decoded_png(png: bytes) -> PIL.Image.Image:
+    return PIL.Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def assert_within_promise(served: PIL.Image.Image, alone: PIL.Image.Image) -> None:
+    a, b = np.asarray(served, dtype=np.int16), np.asarray(alone, dtype=np.int16)
+    assert a.shape == b.shape
+    difference = np.abs(a - b)
+    assert difference.max() <= MAX_PIXEL_LEVELS, f"max abs diff {difference.max()} levels"
+    assert difference.mean() <= MEAN_PIXEL_LEVELS, f"mean abs diff {difference.mean():.3f} levels"
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """One sample of a Prometheus text exposition (0 when the series does not exist yet)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
+        if match and ",".join(sorted((match[1] or "").split(","))) == wanted:
+            return float(match[2])
+    return 0.0
+
+
+def random_png(seed: int, size=(80, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
