@@ -6,9 +6,6 @@ import base64
 import io
 import re
 import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import numpy as np
 import PIL.Image
@@ -25,28 +22,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextmanager
 def running_server(service, on_load_failure=None):
     """`create_app(service)` served by uvicorn on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
+    from openuni.serving.threaded import serve_in_thread
 
-    from openuni.serving.app import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, on_load_failure), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return serve_in_thread(service, on_load_failure=on_load_failure)
 
 
 def decoded(b64_json: str) -> PIL.Image.Image:

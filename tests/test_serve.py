@@ -216,6 +216,31 @@ def test_work_of_a_client_that_left_is_dropped(small_server):
         time.sleep(0.1)
 
 
+def test_a_chat_waits_behind_at_most_the_running_image_batch(small_server):
+    finished = {}
+
+    def timed(name, path, body):
+        answer = httpx.post(f"{small_server}{path}", json=body, timeout=120)
+        finished[name] = time.monotonic()
+        return answer.status_code
+
+    def queued_images() -> float:
+        return metric(httpx.get(f"{small_server}/metrics").text, "openuni_queue_depth", lane="images")
+
+    with ThreadPoolExecutor(4) as pool:
+        images = [pool.submit(timed, f"image {k}", "/v1/images/generations", SLOW) for k in range(3)]
+        deadline = time.monotonic() + 30
+        while queued_images() < 2:  # one image runs, two wait
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        asked = time.monotonic()
+        chat = pool.submit(timed, "chat", "/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert [future.result() for future in (*images, chat)] == [200] * 4
+    ahead = [name for name, at in finished.items() if name != "chat" and asked < at < finished["chat"]]
+    assert len(ahead) <= 1, f"the chat waited behind {ahead}"
+
+
 def test_a_request_past_its_deadline_gets_504_and_is_dropped(tiny_pipe):
     service = OpenUniService(ServerConfig(request_timeout=0.3), pipe=tiny_pipe)
     with running_server(service) as url:
@@ -315,6 +340,38 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(server, client, r
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param
     assert client.models.list().data[0].id == MODEL
+
+
+def test_remote_images_are_fetched_only_where_the_server_allows_it(tiny_pipe, chat_model):
+    import http.server
+
+    picture = random_png(4)
+
+    class OnePicture(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(picture)))
+            self.end_headers()
+            self.wfile.write(picture)
+
+        def log_message(self, *args):
+            pass
+
+    pictures = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OnePicture)
+    threading.Thread(target=pictures.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{pictures.server_address[1]}/picture.png"
+    body = {"messages": [user_image(url)], "max_tokens": 4}
+    try:
+        with running_server(OpenUniService(ServerConfig(allow_remote_images=True), pipe=tiny_pipe)) as server:
+            answer = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+            expected = chat_model.ask("What is it?", [decoded_png(picture)], max_new_tokens=4)
+            assert answer.json()["choices"][0]["message"]["content"] == expected
+            missing = dict(body, messages=[user_image(url.replace("127.0.0.1", "127.0.0.1:1"))])
+            assert httpx.post(f"{server}/v1/chat/completions", json=missing, timeout=60).status_code == 400
+    finally:
+        pictures.shutdown()
 
 
 def test_bodies_over_the_limit_get_413_with_or_without_a_length(server):
