@@ -124,9 +124,15 @@ class Batcher:
         self._thread.start()
 
     def close(self) -> None:
+        """Finish the running batch, fail what still waits, stop the worker."""
         with self._wake:
             self._closed = True
+            waiting = [*self._images, *self._chats]
+            self._images.clear()
+            self._chats.clear()
             self._wake.notify_all()
+        for job in waiting:
+            job.finish(error=WorkDropped("the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join()
 

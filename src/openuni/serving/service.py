@@ -207,7 +207,12 @@ class OpenUniService:
             last_step[0] = time.monotonic()
 
         start = time.monotonic()
-        images = self.pipe(**pipeline_arguments(jobs), callback_on_step_end=on_step).images
+        try:
+            images = self.pipe(**pipeline_arguments(jobs), callback_on_step_end=on_step).images
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # so that the batcher's retry, one request at a time, can fit
+            raise
         end = time.monotonic()
         task = jobs[0].task
         self.metrics.pipeline_calls.labels(task).inc()
