@@ -71,6 +71,14 @@ def test_generate_defaults_are_those_of_openuni_generate(client, tiny_pipe):
     np.testing.assert_array_equal(np.asarray(decoded(response.data[0].b64_json)), np.asarray(expected))
 
 
+def test_negative_prompt_reaches_the_unconditional_branch(client, tiny_pipe):
+    response = client.images.generate(prompt="a red cube", extra_body={"negative_prompt": "blurry", **FAST})
+    expected = tiny_pipe("a red cube", negative_prompt="blurry", seed=42, **FAST).images[0]
+    np.testing.assert_array_equal(np.asarray(decoded(response.data[0].b64_json)), np.asarray(expected))
+    default = tiny_pipe("a red cube", seed=42, **FAST).images[0]
+    assert not np.array_equal(np.asarray(expected), np.asarray(default))
+
+
 def test_edit_follows_the_pipelines_editing_path(client, tiny_pipe):
     source = random_png(0, (128, 64))
     response = client.images.edit(model=MODEL, image=("source.png", source, "image/png"), prompt="make it blue",

@@ -328,11 +328,11 @@ def start_streaming(service: OpenUniService, job) -> asyncio.Queue:
 
 async def streamed_answer(service: OpenUniService, job, pieces: asyncio.Queue, include_usage: bool):
     """The answer as OpenAI streams it: a role chunk, content chunks, a finish chunk, (usage,) `data: [DONE]`."""
-    id, created, name = completion_id(), int(time.time()), service.config.model_name
+    completion, created, name = completion_id(), int(time.time()), service.config.model_name
     deadline = job.enqueued + service.config.request_timeout
 
     def chunk(delta, finish_reason=None, **extra) -> str:
-        return sse(chat_chunk(id, created, name, delta, finish_reason, with_usage=include_usage, **extra))
+        return sse(chat_chunk(completion, created, name, delta, finish_reason, with_usage=include_usage, **extra))
 
     try:
         yield chunk({"role": "assistant", "content": ""})

@@ -121,21 +121,21 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def chat_completion(id: str, model: str, text: str, finish_reason: str, usage: dict) -> dict:
+def chat_completion(completion: str, model: str, text: str, finish_reason: str, usage: dict) -> dict:
     return {
-        "id": id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": completion, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                      "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage,
     }
 
 
-def chat_chunk(id: str, created: int, model: str, delta: dict | None, finish_reason: str | None = None,
+def chat_chunk(completion: str, created: int, model: str, delta: dict | None, finish_reason: str | None = None,
                usage: dict | None = None, with_usage: bool = False) -> dict:
     """One streamed chunk; `delta=None` makes the usage-only chunk that ends a stream with `include_usage`."""
     choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
                                          "finish_reason": finish_reason}]
-    chunk: dict[str, Any] = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+    chunk: dict[str, Any] = {"id": completion, "object": "chat.completion.chunk", "created": created, "model": model,
                              "choices": choices}
     if with_usage:
         chunk["usage"] = usage

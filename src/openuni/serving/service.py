@@ -105,8 +105,9 @@ class OpenUniService:
                               "'b64_json'", param="response_format")
         source = self.read_upload(upload) if task == "edit" else None
         prompt = self.checked_prompt(body.prompt, "prompt", task)
-        negative = self.checked_prompt(body.negative_prompt, "negative_prompt", task) if body.negative_prompt and \
-            body.negative_prompt.strip() else None
+        negative = None  # empty: the pipeline's default unconditional prompt
+        if body.negative_prompt is not None and body.negative_prompt.strip():
+            negative = self.checked_prompt(body.negative_prompt, "negative_prompt", task)
         height, width = self.image_size(body.size, source)
         return ImageJob(task=task, prompt=prompt, options=self.sampling_options(body, negative, height, width),
                         source=source)
