@@ -25,8 +25,9 @@ from openuni.serving.config import ServerConfig  # noqa: E402
 from openuni.serving.service import OpenUniService  # noqa: E402
 
 from conftest import tiny_cli_args  # noqa: E402
-from serving_helpers import (assert_within_promise, data_url, decoded, decoded_png, free_port, metric,  # noqa: E402
+from serving_helpers import (data_url, decoded, decoded_png, free_port, metric,  # noqa: E402
                              random_png, running_server)
+from tolerances import assert_images_close  # noqa: E402
 
 MODEL = "openuni-tiny"
 FAST = {"num_inference_steps": 2}
@@ -170,7 +171,7 @@ def test_concurrent_requests_share_pipeline_calls_and_keep_their_images(client, 
         assert [image.seed for image in response.data] == [seed + k for k in range(n)]
         alone = tiny_pipe(prompt, num_images_per_prompt=n, seed=seed, **FAST).images
         for served, expected in zip(response.data, alone):
-            assert_within_promise(decoded(served.b64_json), expected)
+            assert_images_close(decoded(served.b64_json), expected)
 
 
 def test_requests_with_other_settings_are_not_mixed(client, tiny_pipe):

@@ -15,7 +15,8 @@ serve = pytest.importorskip("ray.serve", reason="Ray Serve is part of the 'serve
 from openuni.serving.ray_app import DEPLOYMENT_NAME, app_builder, deployment  # noqa: E402
 
 from conftest import tiny_cli_args  # noqa: E402
-from serving_helpers import assert_within_promise, decoded, free_port  # noqa: E402
+from serving_helpers import decoded, free_port  # noqa: E402
+from tolerances import assert_images_close  # noqa: E402
 
 FAST = {"num_inference_steps": 2}
 
@@ -50,7 +51,7 @@ def test_two_replicas_serve_the_images_of_the_pipeline(ray_url, tiny_pipe):
         assert [image.seed for image in response.data] == [seed, seed + 1]
         alone = tiny_pipe(prompt, num_images_per_prompt=2, seed=seed, **FAST).images
         for served, expected in zip(response.data, alone):
-            assert_within_promise(decoded(served.b64_json), expected)
+            assert_images_close(decoded(served.b64_json), expected)
     answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                             max_tokens=4)
     assert answer.choices[0].message.role == "assistant"
