@@ -7,6 +7,7 @@ the header's size is checked against `MAX_IMAGE_PIXELS` (PIL's own decompression
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -35,9 +36,20 @@ def load_image(
             raise OpenUniError(f"image {path}: no such file")
         if not path.is_file():
             raise OpenUniError(f"image {path}: not a file")
-        image, name = _open(path, max_pixels), str(path)
+        image, name = _open(path, str(path), max_pixels), str(path)
     else:
         raise OpenUniError(f"expected an image file path or a PIL image, got {type(source).__name__}")
+    return _decode(image, name, min_side, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str = "the uploaded image", min_side: int = MIN_IMAGE_SIDE,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
+    """`load_image` for the bytes of an image file (an upload): the same checks, `name` in the messages."""
+    return _decode(_open(io.BytesIO(data), name, max_pixels), name, min_side, max_pixels)
+
+
+def _decode(image: PIL.Image.Image, name: str, min_side: int, max_pixels: int) -> PIL.Image.Image:
+    """An opened image whose size is checked before its pixels are decoded, as upright RGB."""
     check_image_size(image.size, name, min_side, max_pixels)
     try:
         image.load()  # an opened PIL image may still hold undecoded (and damaged) pixel data
@@ -46,23 +58,23 @@ def load_image(
     return to_rgb(PIL.ImageOps.exif_transpose(image), name)
 
 
-def _open(path: Path, max_pixels: int) -> PIL.Image.Image:
+def _open(file: Path | io.BytesIO, name: str, max_pixels: int) -> PIL.Image.Image:
     """Read the header only: format and size, no pixels yet."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            return PIL.Image.open(path)
+            return PIL.Image.open(file)
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
         raise OpenUniError(
-            f"image {path} is too large to read safely (over {max_pixels // 1_000_000} megapixels); downscale it first"
+            f"image {name} is too large to read safely (over {max_pixels // 1_000_000} megapixels); downscale it first"
         ) from None
     except PIL.UnidentifiedImageError:
         raise OpenUniError(
-            f"image {path}: not an image format this program can read (use PNG, JPEG, WebP, BMP, GIF or TIFF), "
+            f"image {name}: not an image format this program can read (use PNG, JPEG, WebP, BMP, GIF or TIFF), "
             "or the file is corrupt"
         ) from None
     except OSError as error:
-        raise OpenUniError(f"image {path} is corrupt or truncated ({error})") from None
+        raise OpenUniError(f"image {name} is corrupt or truncated ({error})") from None
 
 
 def check_image_size(size: tuple[int, int], name: str, min_side: int = MIN_IMAGE_SIDE,
