@@ -74,3 +74,45 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if not (path / STATE_FILE).is_file():
         raise OpenUniError(f"--resume {resume}: not a complete training checkpoint (no {STATE_FILE})")
     return path
+
+
+def agreed_resume(accelerator, resume: str | None, output_dir: str | Path, check=None) -> Path | None:
+    """`resolve_resume` decided once, by the main process, for every process; each then checks it can read that
+    checkpoint (and runs `check(path)`, which raises OpenUniError). Any process's error stops every process with the
+    same one line, at once, instead of processes resuming at different steps and then waiting on each other.
+
+    A checkpoint in the output folder is passed on by its name there, so a node whose output folder is not shared
+    with the main one's finds it missing (the folder must be shared; the error says so)."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    decision = [None, None]  # [checkpoint, error], the main process's
+    if accelerator.is_main_process:
+        try:
+            found = resolve_resume(resume, output_dir)
+            decision = [None if found is None else portable_name(found, output_dir), None]
+        except OpenUniError as error:
+            decision = [None, str(error)]
+    broadcast_object_list(decision, from_process=0)
+    name, error = decision
+    found = None if name is None else Path(output_dir) / name
+    if error is None and found is not None:
+        try:
+            if not (found / STATE_FILE).is_file():
+                raise OpenUniError(f"process {accelerator.process_index} cannot read the checkpoint {found} the main "
+                                   "process resumes from: the output folder must be shared by every node")
+            if check is not None:
+                check(found)
+        except OpenUniError as problem:
+            error = str(problem)
+    errors = [e for e in gather_object([error]) if e]
+    if errors:
+        raise OpenUniError(errors[0])
+    return found
+
+
+def portable_name(checkpoint: Path, output_dir: str | Path) -> str:
+    """The checkpoint relative to the output folder when it is in it (each node reads its own view), else absolute."""
+    try:
+        return str(Path(checkpoint).resolve().relative_to(Path(output_dir).resolve()))
+    except ValueError:
+        return str(Path(checkpoint).resolve())

@@ -1,0 +1,100 @@
+"""DDP, FSDP2 and DeepSpeed ZeRO-2 really run on CPU processes through `accelerate launch` and the shipped configs.
+
+Each engine's 2-process run of a toy shaped like OpenUni (tests/engine_toy.py) must report that engine, match the
+1-process losses of the same global batch within float rounding (rel 1e-5), and resume from its own checkpoint onto
+the same loss curve. One resume decision stops every process with one line when a process cannot read the chosen
+checkpoint, and a checkpoint of another engine is refused with what to do.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from engine_helpers import launch, recorded_losses
+
+STEPS = 4
+TOY = "tests/engine_toy.py"
+
+
+def toy_run(engine: str, output_dir, num_processes: int = 2, *extra: str):
+    return launch(engine, [TOY, str(output_dir), str(STEPS), *extra], num_processes=num_processes, timeout=400)
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("one-process")
+    toy_run("ddp", output_dir, 1).check()
+    return recorded_losses(output_dir)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """Each engine's uninterrupted 2-process run, made once for the tests that read it."""
+    runs = {}
+
+    def run(engine: str):
+        if engine not in runs:
+            runs[engine] = tmp_path_factory.mktemp(f"{engine}-2-processes")
+            toy_run(engine, runs[engine]).check()
+        return runs[engine]
+
+    return run
+
+
+def trainer_state(output_dir) -> dict:
+    import json
+
+    from openuni.training import checkpointing
+
+    return json.loads((checkpointing.complete_checkpoints(output_dir)[-1] / checkpointing.STATE_FILE).read_text())
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "deepspeed"])
+def test_engine_engages_matches_one_process_and_resumes_onto_the_same_curve(engine, one_process_losses,
+                                                                            two_process_run, tmp_path):
+    from openuni.training import checkpointing
+
+    run = two_process_run(engine)
+    state = trainer_state(run)
+    assert (state["engine"], state["processes"]) == (engine, 2)
+    if engine == "fsdp":  # each layer its own unit, and a sharded checkpoint
+        assert {"connector.connector.layers.0", "transformer.transformer_blocks.1"} <= set(state["fsdp_units"])
+        assert (checkpointing.complete_checkpoints(run)[-1] / "pytorch_model_fsdp_0").is_dir()
+    print(f"{engine}: 2 processes {state['losses']} vs 1 process {one_process_losses}")
+    assert state["losses"] == pytest.approx(one_process_losses, rel=1e-5)
+    assert state["losses"][-1] < state["losses"][0]  # it trained
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(checkpointing.complete_checkpoints(resumed)[-1])  # as if killed after the step-2 checkpoint
+    result = toy_run(engine, resumed).check()
+    assert "ran on 2 processes; losses" in result.output
+    assert recorded_losses(resumed) == state["losses"]  # same engine, processes and machine: the same bytes
+
+
+def test_a_process_that_cannot_read_the_chosen_checkpoint_stops_every_process_with_one_line(tmp_path):
+    from openuni.training import checkpointing
+
+    # Output folders that are not shared: only the main process's holds the checkpoint it chooses.
+    only_on_node_0 = tmp_path / "rank-0" / "checkpoints" / checkpointing.checkpoint_name(2)
+    only_on_node_0.mkdir(parents=True)
+    checkpointing.write_trainer_state(only_on_node_0, dict(step=2, losses=[1.0, 1.0]))
+    (only_on_node_0 / "model.safetensors").touch()  # as DDP's save_state writes it: readable by the main process
+    result = toy_run("ddp", tmp_path, 2, "--unshared-output")
+    assert result.returncode != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("engine_toy: error:")]
+    assert len(errors) == 2 and len(set(errors)) == 1  # every process stopped, for the same reason
+    assert "process 1 cannot read the checkpoint" in errors[0] and "must be shared" in errors[0]
+    assert result.seconds < 120  # at once, not after a collective's timeout
+
+
+def test_a_checkpoint_of_another_engine_is_refused_with_what_to_do(two_process_run, tmp_path):
+    shutil.copytree(two_process_run("ddp"), tmp_path / "run")
+    result = toy_run("fsdp", tmp_path / "run", 2)
+    assert result.returncode != 0
+    errors = {line for line in result.output.splitlines() if line.startswith("engine_toy: error:")}
+    assert len(errors) == 1
+    [error] = errors
+    assert "was written under DDP, this run is FSDP" in error and "configs/accelerate/ddp.yaml" in error
