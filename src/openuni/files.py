@@ -50,8 +50,7 @@ def check_writable(path: Path, flag: str, folder: bool = False) -> None:
     if folder and path.exists() and not path.is_dir():
         raise OpenUniError(f"{flag} {path} exists and is not a folder")
     if not folder and path.is_dir():
-        raise OpenUniError(f"{flag} {path} is a folder; name an image file that is not a folder, or a folder "
-                           "without an image suffix")
+        raise OpenUniError(f"{flag} {path} is a folder, not a file")
     existing = nearest_existing(path if folder else path.parent)
     if not existing.is_dir():
         raise OpenUniError(f"{flag} {path}: {existing} is a file, not a folder")
