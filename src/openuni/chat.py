@@ -20,6 +20,7 @@ import PIL.Image
 import torch
 from transformers import GotOcr2ImageProcessorPil, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from .checks import integer, real
 from .errors import OpenUniError
 from .images import load_image
 from .model import IMAGENET_MEAN, IMAGENET_STD
@@ -129,10 +130,21 @@ class InternVLChat:
             out += [self.image_tokens(image_tiles.shape[0]), piece]
         return "".join(out)
 
-    def prepare(self, question: str, images: Sequence[ImageSource] = (), conversation: Conversation | None = None):
-        """Model inputs for the next answer, and the turn's (question, tiles) for the history."""
+    def prepare(self, question: str, images: Sequence[ImageSource] | ImageSource = (),
+                conversation: Conversation | None = None):
+        """Model inputs for the next answer, and the turn's (question, tiles) for the history. `images` is one image
+        (a path or PIL image) or a sequence of them."""
         if not isinstance(question, str) or not question.strip():
             raise OpenUniError("the question is empty")
+        if isinstance(images, (str, Path, PIL.Image.Image)):
+            images = [images]  # a path is one image, not a sequence of characters
+        elif images is None:
+            images = []
+        images = list(images)
+        window = self.model.config.text_config.max_position_embeddings
+        if len(images) * self.tokens_per_tile > window:  # each image takes at least one tile: refuse before tiling
+            raise OpenUniError(f"{len(images)} images take at least {len(images) * self.tokens_per_tile} tokens, over "
+                               f"the model's {window}; ask about fewer images at once")
         markers = [m for m in (IMAGE_PLACEHOLDER, IMG_START, IMG_END, IMG_CONTEXT) if m in question]
         if markers:
             raise OpenUniError(f"leave '{markers[0]}' out of the question: images are placed by the chat")
@@ -152,8 +164,8 @@ class InternVLChat:
 
     def generation_arguments(self, prompt_length: int, max_new_tokens: int, do_sample: bool, temperature: float,
                              top_p: float) -> dict:
-        if max_new_tokens < 1:
-            raise OpenUniError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        max_new_tokens = integer(max_new_tokens, "max_new_tokens", low=1)
+        temperature, top_p = real(temperature, "temperature"), real(top_p, "top_p")
         if do_sample and (temperature <= 0 or not 0 < top_p <= 1):
             raise OpenUniError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
         limit = self.model.config.text_config.max_position_embeddings

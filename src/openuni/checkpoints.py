@@ -102,7 +102,16 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, so
     extra = sorted(set(state) - set(expected))
     if extra:
         raise OpenUniError(f"{source}: unexpected {what} key {extra[0]!r} ({len(extra)} in all): the sizes differ")
+    check_finite_weights(state, what, source)
     module.load_state_dict(state, strict=True, assign=False)
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], what: str, source: str | Path) -> None:
+    """NaN or inf weights (a damaged file, a diverged run) would give black images without a word."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise OpenUniError(f"{source}: {what} weight {key!r} holds NaN or infinite values: the checkpoint is "
+                               "damaged or comes from a run that diverged")
 
 
 def load_release(

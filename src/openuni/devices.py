@@ -33,7 +33,8 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
-    """A device name as the user gave it (None: the default), checked against this machine."""
+    """A device name as the user gave it (None: the default), checked against this machine: one that does not
+    exist here, or cannot hold weights (meta), is an `OpenUniError`."""
     if name is None:
         return default_device()
     try:
@@ -46,7 +47,12 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
                                "support); use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OpenUniError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type not in ("cpu", "meta") and not accelerator_available():
+    elif device.type == "cpu":
+        if device.index not in (None, 0):
+            raise OpenUniError(f"device {name}: there is one CPU device; use cpu")
+    elif device.type == "meta":
+        raise OpenUniError(f"device {name}: holds no data, nothing can run there; use cpu or cuda")
+    elif not accelerator_available():
         raise OpenUniError(f"device {name}: not available on this machine; use cpu")
     return device
 

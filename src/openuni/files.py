@@ -5,14 +5,61 @@ system); a failed write removes its partial file or folder and leaves an existin
 two kinds: one that is wholly ours (a checkpoint, a fetched data folder) is renamed into place as a whole;
 one that may hold a user's files too (a `save_pretrained` target) receives our files one by one, and nothing else
 in it is touched.
+
+Where the system refuses a write (disk full, quota, read-only file system, permissions) the error is one
+`OpenUniError` line naming the file; what was written before stays. `check_writable` says before any work starts
+whether an output can be written at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
+
+from .errors import OpenUniError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_failure(path: Path, error: OSError) -> OpenUniError:
+    """An error of the system while writing `path`, as one line."""
+    if error.errno in DISK_FULL:
+        return OpenUniError(f"no space left on the device to write {path}: free some space (or write elsewhere) "
+                            "and run again")
+    return OpenUniError(f"cannot write {path}: {error.strerror or error}")
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path, flag: str, folder: bool = False) -> None:
+    """Before any work: `path` (a file, or with `folder` a folder to fill) can be created or replaced here. The
+    nearest existing folder is probed with a real temporary file, which also catches read-only file systems and
+    missing permissions that `os.access` does not see (as root, for one)."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OpenUniError(f"{flag} {path} exists and is not a folder")
+    if not folder and path.is_dir():
+        raise OpenUniError(f"{flag} {path} is a folder, not a file")
+    existing = nearest_existing(path if folder else path.parent)
+    if not existing.is_dir():
+        raise OpenUniError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".openuni-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OpenUniError(f"{flag} {path}: cannot write in {existing} ({error.strerror or error})") from None
 
 
 def partial_path(path: Path) -> Path:
@@ -24,13 +71,16 @@ def partial_path(path: Path) -> Path:
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """`write(partial_path)` then rename onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
         os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # (a folder under the partial name is not ours to remove)
+            partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise write_failure(path, error) from None
         raise
 
 
@@ -42,10 +92,18 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
     write_atomically(path, lambda partial: partial.write_bytes(data))
 
 
-def save_image_atomically(image, path: Path) -> None:
-    """A PIL image, in the format its suffix names (PNG when it has none)."""
+def save_image_atomically(image, path: Path, text: dict[str, str] | None = None) -> None:
+    """A PIL image, in the format its suffix names (PNG when it has none); `text` goes into PNG text chunks (ahead
+    of the pixels, so reading it back needs the header only)."""
     image_format = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
-    write_atomically(path, lambda partial: image.save(partial, format=image_format))
+    options = {}
+    if text and image_format == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        options["pnginfo"] = PngInfo()
+        for key, value in text.items():
+            options["pnginfo"].add_text(key, value)
+    write_atomically(path, lambda partial: image.save(partial, format=image_format, **options))
 
 
 # -- folders ------------------------------------------------------------------------------------------------------

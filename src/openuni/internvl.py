@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Chunk, WeightConverter, WeightRenaming
 
-from .errors import OpenUniError
+from .errors import OpenUniError, reason
 from .prompting import IMG_CONTEXT
 
 # (original regex, native name): applied in order, so the more specific names come first.
@@ -132,32 +133,50 @@ def config_from_geometry(geometry: dict, image_token_id: int = 151667) -> Intern
     return config_from_original(original, image_token_id)
 
 
+def read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise OpenUniError(f"{path} is not an InternVL3 model directory (no config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise OpenUniError(f"{config_file}: unreadable ({reason(error)})") from None
+    if not isinstance(config, dict):
+        raise OpenUniError(f"{config_file}: expected a JSON object of settings, got a {type(config).__name__}")
+    return config
+
+
 def load_mllm(
     path: str | Path, tokenizer, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> InternVLForConditionalGeneration:
     """Load an InternVL3 directory in either layout; the model comes back frozen and in eval mode."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise OpenUniError(f"{path} is not an InternVL3 model directory (no config.json)")
-    raw_config = json.loads(config_file.read_text())
+    raw_config = read_config(path)
     try:
         if is_original_layout(raw_config):
             config = config_from_original(raw_config, tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
             model, info = OriginalLayoutInternVL.from_pretrained(path, config=config, dtype=dtype,
-                                                                 output_loading_info=True)
+                                                                 output_loading_info=True, ignore_mismatched_sizes=True)
             # From here on it is an ordinary native model (and saves as one).
             model.__class__ = InternVLForConditionalGeneration
             model._weight_conversions = None
         elif raw_config.get("model_type") == "internvl":
-            model, info = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            model, info = InternVLForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
         else:
             raise OpenUniError(
                 f"{path} holds a {raw_config.get('model_type')!r} model; expected an InternVL3 checkpoint "
                 "(OpenGVLab 'internvl_chat' layout or the transformers '-hf' layout)"
             )
-    except OSError as error:  # no or unreadable weight files
-        raise OpenUniError(f"cannot load the InternVL3 weights in {path}: {str(error).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        # missing, truncated or damaged weight files; a config.json lacking settings
+        raise OpenUniError(f"cannot load the InternVL3 weights in {path}: {reason(error)}") from None
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda entry: entry[0])
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        raise OpenUniError(f"{path}: weight {key!r} is {tuple(stored)} but config.json makes it {tuple(expected)} "
+                           f"({len(mismatched)} tensors differ): the config.json and the weights do not belong "
+                           "together")
     model.config.tie_word_embeddings = False
     missing = sorted(info.get("missing_keys", ()))
     if missing == ["lm_head.weight"]:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
 from transformers import AutoTokenizer
 
 from .checkpoints import load_release, read_state_dict, split_release
 from .connector import OpenUniConnector
 from .devices import resolve_device, resolve_dtype
-from .errors import OpenUniError
+from .errors import OpenUniError, reason
 from .internvl import load_mllm
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
 from .variants import RELEASE_REPO, SANA_SCHEDULER_CONFIG, Variant, get_variant
@@ -33,9 +34,8 @@ MLLM_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 
 
 def _hub_failure(what: str, repo: str, flag: str, error: Exception, include: str = "") -> OpenUniError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return OpenUniError(
-        f"could not get the {what} {repo!r} from the Hugging Face Hub ({reason}). Download it where there is "
+        f"could not get the {what} {repo!r} from the Hugging Face Hub ({reason(error)}). Download it where there is "
         f"internet (`hf download {repo}{include}`) and pass {flag} PATH, or fill the Hub cache and set HF_HUB_OFFLINE=1"
     )
 
@@ -81,33 +81,43 @@ def _component_dir(root: Path, subfolder: str, marker: str) -> Path | None:
     return None
 
 
+# What loaders raise for missing, truncated or damaged files and for configs of another model.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
+
+
 def load_diffusers_model(model_class, path: Path, dtype: torch.dtype, what: str, flag: str):
     try:
-        found = json.loads((path / "config.json").read_text()).get("_class_name", model_class.__name__)
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise OpenUniError(f"{flag} {path}: unreadable config.json ({error})") from None
+        raise OpenUniError(f"{flag} {path}: unreadable config.json ({reason(error)})") from None
+    if not isinstance(config, dict):
+        raise OpenUniError(f"{flag} {path}: config.json is a JSON {type(config).__name__}, not the {what}'s settings")
+    found = config.get("_class_name", model_class.__name__)
     if found != model_class.__name__:
         raise OpenUniError(f"{flag} {path}: cannot load a {what} there (it holds a {found}, not a {model_class.__name__})")
     try:
         return model_class.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, KeyError, TypeError) as error:  # missing or damaged files, a config of another model
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OpenUniError(f"{flag} {path}: cannot load a {what} there ({reason})") from None
+    except LOAD_ERRORS as error:
+        raise OpenUniError(f"{flag} {path}: cannot load a {what} there ({reason(error)})") from None
 
 
 def load_tokenizer(path: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:
-        raise OpenUniError(f"cannot load a tokenizer from {path}: {error}") from None
-    unknown = [t for t in (IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>")
-               if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
-    if unknown:
-        raise OpenUniError(f"the tokenizer in {path} lacks InternVL's special token {unknown[0]!r}: use InternVL3's")
+        raise OpenUniError(f"cannot load a tokenizer from {path}: {reason(error)}") from None
+    check_tokenizer(tokenizer, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def check_tokenizer(tokenizer, path) -> None:
+    unknown = [t for t in (IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>")
+               if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if unknown:
+        raise OpenUniError(f"the tokenizer in {path} lacks InternVL's special token {unknown[0]!r}: use InternVL3's")
 
 
 def load_scheduler(source: str | Path | None, transformer_root: Path) -> DPMSolverMultistepScheduler:
@@ -118,14 +128,21 @@ def load_scheduler(source: str | Path | None, transformer_root: Path) -> DPMSolv
         if found is None:
             logger.info("no scheduler next to %s; using the SANA repos' scheduler config", transformer_root)
             return DPMSolverMultistepScheduler(**SANA_SCHEDULER_CONFIG)
-        return DPMSolverMultistepScheduler.from_pretrained(found)
+        return scheduler_from(found)
     path = Path(source).expanduser()
-    if path.is_file():
-        return DPMSolverMultistepScheduler.from_config(DPMSolverMultistepScheduler.load_config(path))
-    found = _component_dir(path, "scheduler", "scheduler_config.json") if path.is_dir() else None
+    found = path if path.is_file() else _component_dir(path, "scheduler", "scheduler_config.json") if path.is_dir() \
+        else None
     if found is None:
         raise OpenUniError(f"--scheduler {source}: no scheduler_config.json there")
-    return DPMSolverMultistepScheduler.from_pretrained(found)
+    return scheduler_from(found)
+
+
+def scheduler_from(path: Path) -> DPMSolverMultistepScheduler:
+    """A scheduler from its config file, or a folder holding scheduler_config.json."""
+    try:
+        return DPMSolverMultistepScheduler.from_config(DPMSolverMultistepScheduler.load_config(path))
+    except (*LOAD_ERRORS, AttributeError) as error:  # (a config that is JSON but no mapping fails as attributes)
+        raise OpenUniError(f"--scheduler {path}: cannot read a scheduler config there ({reason(error)})") from None
 
 
 def resolve_vae_dir(source: str | Path, local_files_only: bool = False) -> Path:

@@ -14,6 +14,7 @@ batch changes the image only by float rounding (README "Reproducibility").
 
 from __future__ import annotations
 
+import numbers
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,16 +26,20 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from .checks import integer, real, text_list
 from .connector import OpenUniConnector
-from .errors import OpenUniError
+from .errors import OpenUniError, reason
 from .files import write_files_into
 from .images import load_image, size_like
-from .loading import load_components
+from .loading import LOAD_ERRORS, check_tokenizer, load_components
 from .model import OpenUni, to_uint8
 from .prompting import (EDIT_UNCONDITIONAL, IMG_CONTEXT, IMG_END, IMG_START, edit_prompt, generation_prompt,
                         unconditional_prompt)
+from .sampling import MAX_SEED
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# SANA was trained at one latent size; far beyond it the DiT makes no sense and memory grows with the square.
+MAX_SIDE_FACTOR = 4
 
 
 @dataclass
@@ -65,8 +70,20 @@ class OpenUniPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> "OpenUniPipeline":
-        """A directory written by `save_pretrained` (diffusers' layout), ready for inference."""
-        return super().from_pretrained(*args, **kwargs).for_inference()
+        """A directory written by `save_pretrained` (diffusers' layout), ready for inference. A damaged or incomplete
+        one is an `OpenUniError` naming it."""
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        kwargs.setdefault("use_safetensors", True)  # never fall back to pickled .bin weights
+        try:
+            pipe = super().from_pretrained(*args, **kwargs)
+        except (*LOAD_ERRORS, AttributeError) as error:  # (a JSON file that is no mapping fails as attributes)
+            raise OpenUniError(f"cannot load a saved OpenUni pipeline from {source}: {reason(error)}") from None
+        missing = [name for name in ("tokenizer", "mllm", "connector", "transformer", "vae", "scheduler")
+                   if getattr(pipe, name, None) is None]
+        if missing:
+            raise OpenUniError(f"cannot load a saved OpenUni pipeline from {source}: it has no {missing[0]}")
+        check_tokenizer(pipe.tokenizer, Path(source) / "tokenizer")
+        return pipe.for_inference()
 
     @classmethod
     def from_model(cls, model: OpenUni, tokenizer, scheduler) -> "OpenUniPipeline":
@@ -134,10 +151,23 @@ class OpenUniPipeline(DiffusionPipeline):
     def size_multiple(self) -> int:
         return max(32, self.vae_scale_factor)
 
+    @property
+    def max_side(self) -> int:
+        """The largest height or width this model generates: 4x its resolution (2048 px for the 512 variants)."""
+        return MAX_SIDE_FACTOR * self.default_resolution
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt (template, and for edits the source's image tokens, included) the MLLM reads: its
+        position window less the learned queries that follow the prompt."""
+        window = self.mllm.config.text_config.max_position_embeddings
+        return window - self.connector.config.num_queries
+
     # -- steps of __call__ -------------------------------------------------------------------------------------
 
     def check_inputs(self, prompts: list[str], negative_prompts: list[str] | None, height: int, width: int,
-                     num_inference_steps: int, num_images_per_prompt: int, output_type: str) -> None:
+                     num_inference_steps: int, num_images_per_prompt: int, output_type: str,
+                     guidance_scale: float = 4.5, seed=None, latents: torch.Tensor | None = None) -> None:
         if not prompts:
             raise OpenUniError("no prompt given")
         for prompt in prompts:
@@ -147,20 +177,66 @@ class OpenUniPipeline(DiffusionPipeline):
             raise OpenUniError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
         multiple = self.size_multiple
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % multiple:
+            value = integer(value, name)
+            if value <= 0 or value % multiple:
                 raise OpenUniError(f"{name} must be a positive multiple of {multiple}, got {value}")
-        if num_inference_steps < 1:
-            raise OpenUniError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if num_images_per_prompt < 1:
-            raise OpenUniError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+            if value > self.max_side:
+                raise OpenUniError(f"{name} {value} is over this model's limit of {self.max_side} pixels "
+                                   f"({MAX_SIDE_FACTOR}x its {self.default_resolution} px resolution)")
+        steps_limit = self.scheduler.config.num_train_timesteps
+        integer(num_inference_steps, "num_inference_steps", low=1, high=steps_limit)
+        num_images = integer(num_images_per_prompt, "num_images_per_prompt", low=1)
+        real(guidance_scale, "guidance_scale")
+        for value in seed if isinstance(seed, (list, tuple)) else [] if seed is None else [seed]:
+            integer(value, "seed", low=0, high=MAX_SEED - (num_images - 1))
         if output_type not in OUTPUT_TYPES:
             raise OpenUniError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if latents is not None:
+            self.check_latents(latents, len(prompts) * num_images, integer(height, "height"),
+                               integer(width, "width"))
+
+    def check_latents(self, latents, num_images: int, height: int, width: int) -> None:
+        """Given initial latents must be the noise of exactly these images: finite, of the request's size."""
+        if not isinstance(latents, torch.Tensor):
+            raise OpenUniError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+        expected = (num_images, self.transformer.config.in_channels, height // self.vae_scale_factor,
+                    width // self.vae_scale_factor)
+        if latents.shape[0] != num_images:
+            raise OpenUniError(f"latents hold {latents.shape[0]} images, the request makes {num_images}")
+        if tuple(latents.shape) != expected:
+            raise OpenUniError(f"latents of shape {tuple(latents.shape)} do not fit {height}x{width} images, which "
+                               f"need {expected}: pass the height and width the latents were made for")
+        if not torch.isfinite(latents).all():
+            raise OpenUniError("the given latents hold NaN or infinite values")
+
+    @staticmethod
+    def check_finite(values: torch.Tensor, what: str) -> None:
+        """NaN/inf would come out as black images: say so instead of returning them."""
+        finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+        if not finite.all():
+            raise OpenUniError(
+                f"the {what} of {int((~finite).sum())} of {len(finite)} images are NaN or infinite: the model's "
+                "weights hold NaN/inf (a damaged or diverged checkpoint) or the guidance scale is far too large"
+            )
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Full prompt strings -> right-padded ids and mask, special tokens parsed, nothing added."""
         tokens = self.tokenizer(texts, add_special_tokens=False, padding="longest", return_tensors="pt")
         tokens = tokens.to(self._execution_device)
         return tokens.input_ids, tokens.attention_mask
+
+    def check_prompt_lengths(self, attention_mask: torch.Tensor, shown: list[str]) -> None:
+        """A prompt beyond the MLLM's window is refused before any model runs (`shown`: the user's text of the
+        first rows, for the message)."""
+        lengths = attention_mask.sum(dim=1)
+        if int(lengths.max()) > self.max_prompt_tokens:
+            row = int(lengths.argmax())
+            text = shown[row] if row < len(shown) else "the unconditional prompt"
+            raise OpenUniError(
+                f"a prompt is {int(lengths[row])} tokens long with its template, over the {self.max_prompt_tokens} "
+                f"the MLLM reads (its {self.mllm.config.text_config.max_position_embeddings}-token window less "
+                f"{self.connector.config.num_queries} queries); shorten it: {text[:60]!r}..."
+            )
 
     def encode_prompt(
         self, prompts: list[str], negative_prompts: list[str] | None = None, do_classifier_free_guidance: bool = True
@@ -174,6 +250,7 @@ class OpenUniPipeline(DiffusionPipeline):
             negatives = negative_prompts if negative_prompts is not None else [None]
             texts += [unconditional_prompt(n) for n in negatives]
         input_ids, attention_mask = self.tokenize(texts)
+        self.check_prompt_lengths(attention_mask, prompts + list(negative_prompts or []))
         with self.stage(self.mllm, self.connector):
             embeds = self.model.encode_text(input_ids, attention_mask)
         cond, uncond = embeds[: len(prompts)], embeds[len(prompts) :]
@@ -191,7 +268,7 @@ class OpenUniPipeline(DiffusionPipeline):
         )
         total = num_prompts * num_images_per_prompt
         if seed is not None:
-            seeds = [seed] * num_prompts if isinstance(seed, int) else list(seed)
+            seeds = [int(seed)] * num_prompts if isinstance(seed, numbers.Integral) else [int(s) for s in seed]
             if len(seeds) != num_prompts:
                 raise OpenUniError(f"{len(seeds)} seeds for {num_prompts} prompts")
             generator = [
@@ -211,6 +288,7 @@ class OpenUniPipeline(DiffusionPipeline):
             return latents
         with self.stage(self.vae):
             pixels = self.model.latents_to_pixels(latents)
+        self.check_finite(pixels, "decoded pixels")
         if output_type == "pt":
             return pixels.float()
         images = to_uint8(pixels).cpu().numpy()
@@ -274,6 +352,7 @@ class OpenUniPipeline(DiffusionPipeline):
                 texts += [edit_prompt(n, num_tokens) for n in negatives]
                 image_embeds = torch.cat([image_embeds, image_embeds])
             input_ids, attention_mask = self.tokenize(texts)
+            self.check_prompt_lengths(attention_mask, instructions + list(negative_prompts or []))
             embeds = model.condition(model.embed_with_images(input_ids, image_embeds), attention_mask)
         cond, uncond = embeds[: len(instructions)], embeds[len(instructions) :]
         return cond, (uncond if do_classifier_free_guidance else None)
@@ -338,15 +417,18 @@ class OpenUniPipeline(DiffusionPipeline):
     ) -> OpenUniPipelineOutput | tuple:
         """Text-to-image; with `image` (a path or PIL image, or one per prompt) the prompts are edit instructions
         and `negative_prompt` replaces "Keep the image as it is." in the unconditional branch."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        prompts = text_list(prompt, "prompt")
+        negative_prompts = None if negative_prompt is None else text_list(negative_prompt, "negative_prompt")
         sources = self.prepare_source_images(image, len(prompts)) if image is not None else None
         if sources is not None:
             height, width = self.edit_output_size([source.size for source in sources], height, width)
         height = self.default_resolution if height is None else height
         width = self.default_resolution if width is None else width
         self.check_inputs(prompts, negative_prompts, height, width, num_inference_steps, num_images_per_prompt,
-                          output_type)
+                          output_type, guidance_scale, seed, latents)
+        height, width, num_inference_steps, num_images_per_prompt = (
+            int(height), int(width), int(num_inference_steps), int(num_images_per_prompt))
+        guidance_scale = float(guidance_scale)
         do_cfg = guidance_scale > 1.0
 
         # 1. Conditioning: once per prompt, shared by all of its images.
@@ -360,13 +442,11 @@ class OpenUniPipeline(DiffusionPipeline):
         # 2. Noise.
         if latents is None:
             latents = self.prepare_latents(len(prompts), num_images_per_prompt, height, width, seed, generator)
-        elif latents.shape[0] != len(prompts) * num_images_per_prompt:
-            raise OpenUniError(f"latents hold {latents.shape[0]} images, the request makes "
-                               f"{len(prompts) * num_images_per_prompt}")
         latents = latents.to(self._execution_device, torch.float32)
 
         # 3. Denoising.
         latents = self.denoise(latents, caption_embeds, num_inference_steps, guidance_scale, callback_on_step_end)
+        self.check_finite(latents, "denoised latents")
 
         # 4. Decode.
         images = self.decode(latents, output_type)

@@ -2,13 +2,22 @@
 
 `openuni generate`, `edit`, `eval`, the demo and the server all describe a request with `SamplingOptions`; the
 defaults are the reference protocol's (seed 42, 20 steps, guidance 4.5, the model's own resolution).
+
+Limits (README "Limits"): at most `MAX_STEPS` denoising steps (the schedulers' 1000 training timesteps: more steps
+only repeat timesteps), no side over `MAX_SIDE` pixels (a model allows at most 4x its own resolution, which the
+pipeline checks), seeds in [0, 2^63 - 1] for every image of a prompt (image k uses seed + k).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .checks import integer, real
 from .errors import OpenUniError
+
+MAX_STEPS = 1000
+MAX_SIDE = 4096  # 4x the largest variant's resolution (openuni-l-1024)
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -22,18 +31,32 @@ class SamplingOptions:
     num_images: int = 1  # per prompt; image k of a prompt starts from the noise of seed + k
 
     def check(self, size_multiple: int = 32, names: dict[str, str] | None = None) -> "SamplingOptions":
-        """Refuse bad numbers before any model is loaded or any work starts; returns self. `names` are what the
-        caller calls the settings (the CLI's flags), the field names by default."""
+        """Refuse bad values before any model is loaded or any work starts; returns the options with plain Python
+        numbers (NumPy integers are accepted). `names` are what the caller calls the settings (the CLI's flags),
+        the field names by default."""
         names = names or {}
+
+        def name(field: str) -> str:
+            return names.get(field, field)
+
+        sizes = {}
         for field in ("height", "width"):
             value = getattr(self, field)
-            if value is not None and (value <= 0 or value % size_multiple):
-                raise OpenUniError(f"{names.get(field, field)} must be a positive multiple of {size_multiple}, "
-                                   f"got {value}")
-        for field in ("steps", "num_images"):
-            if getattr(self, field) < 1:
-                raise OpenUniError(f"{names.get(field, field)} must be at least 1")
-        return self
+            if value is not None:
+                value = integer(value, name(field))
+                if value <= 0 or value % size_multiple:
+                    raise OpenUniError(f"{name(field)} must be a positive multiple of {size_multiple}, got {value}")
+                if value > MAX_SIDE:
+                    raise OpenUniError(f"{name(field)} must be at most {MAX_SIDE} pixels, got {value} (a model "
+                                       "allows at most 4x its own resolution)")
+            sizes[field] = value
+        num_images = integer(self.num_images, name("num_images"), low=1)
+        steps = integer(self.steps, name("steps"), low=1, high=MAX_STEPS)
+        seed = integer(self.seed, name("seed"), low=0, high=MAX_SEED - (num_images - 1))
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise OpenUniError(f"{name('negative_prompt')} must be text, got {type(self.negative_prompt).__name__}")
+        return replace(self, seed=seed, steps=steps, cfg_scale=real(self.cfg_scale, name("cfg_scale")),
+                       num_images=num_images, **sizes)
 
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of `OpenUniPipeline.__call__` / `edit` for these settings."""

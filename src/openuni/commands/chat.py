@@ -8,6 +8,7 @@ input) quits. Only the MLLM is loaded.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -38,10 +39,11 @@ def add_parser(subparsers) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise OpenUniError("--max-new-tokens must be at least 1")
-    if args.temperature is not None and args.temperature <= 0:
-        raise OpenUniError("--temperature must be positive (leave sampling off for greedy decoding)")
+    if args.temperature is not None and not 0 < args.temperature < math.inf:  # (NaN fails both comparisons)
+        raise OpenUniError(f"--temperature must be a positive number (leave sampling off for greedy decoding), got "
+                           f"{args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise OpenUniError("--top-p must be in (0, 1]")
+        raise OpenUniError(f"--top-p must be in (0, 1], got {args.top_p}")
     if not 1 <= args.max_tiles <= 40:
         raise OpenUniError("--max-tiles must be between 1 and 40")
     if args.question is not None and not args.question.strip():
@@ -89,7 +91,9 @@ def answer_streamed(chat, question: str, images: list, conversation, settings: d
 
 
 def interactive(chat, pending_images: list, new_conversation, settings: dict) -> int:
-    """One question per input line; a bad line prints an error and the conversation goes on."""
+    """One question per input line; a bad line prints an error and the conversation goes on. An image is checked
+    when it is attached, and a question that fails drops the images attached to it (saying so), so one bad file
+    never spoils the questions after it."""
     conversation = new_conversation()
     prompting = sys.stdin.isatty()
     if prompting:
@@ -109,17 +113,31 @@ def interactive(chat, pending_images: list, new_conversation, settings: dict) ->
             conversation, pending_images = new_conversation(), []
             continue
         if line.startswith("/image"):
-            path = Path(line[len("/image"):].strip()).expanduser()
-            if path.is_file():
-                pending_images.append(path)
-            else:
-                print(f"openuni chat: error: /image {path}: no such file", file=sys.stderr)
+            attach(chat, line[len("/image"):].strip(), pending_images)
             continue
         if line.startswith("/"):
             print(f"openuni chat: unknown command {line.split()[0]}; {HELP_LINE}", file=sys.stderr)
             continue
         try:
             answer_streamed(chat, line, pending_images, conversation, settings)
-            pending_images = []
         except OpenUniError as error:
-            print(f"openuni chat: error: {error}", file=sys.stderr)
+            dropped = f"; the {len(pending_images)} attached image(s) were dropped (attach again with /image)" \
+                if pending_images else ""
+            print(f"openuni chat: error: {error}{dropped}", file=sys.stderr)
+        pending_images = []
+
+
+def attach(chat, text: str, pending_images: list) -> None:
+    """`/image PATH`: read and tile the image now, so a file that is no image is refused here, not with every later
+    question."""
+    if not text:
+        print("openuni chat: error: /image needs a PATH", file=sys.stderr)
+        return
+    path = Path(text).expanduser()
+    try:
+        chat.tile(path)
+    except OpenUniError as error:
+        print(f"openuni chat: error: {error}; not attached", file=sys.stderr)
+        return
+    pending_images.append(path)
+    print(f"attached {path} to the next question", file=sys.stderr)

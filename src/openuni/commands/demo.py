@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise OpenUniError("the demo needs gradio: pip install 'openuni[demo]'") from None
-    from ..demo import DemoApp
+    from ..demo import MAX_UPLOAD_SIZE, DemoApp
 
     check_port_free(args.host, args.port)
     page = DemoApp(pipeline_from_args(args)).build()
-    page.launch(server_name=args.host, server_port=args.port, share=args.share)
+    page.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_SIZE)
     return 0

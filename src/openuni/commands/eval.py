@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import OpenUniError
 from ..evaluation.benchmarks import BENCHMARKS, ScorerOptions
-from .options import (add_device_arguments, add_model_arguments, add_sampling_arguments, model_description,
-                      pipeline_from_args, sampling_from_args)
+from .options import (SAMPLING_FLAGS, add_device_arguments, add_model_arguments, add_sampling_arguments,
+                      model_description, pipeline_from_args, sampling_from_args)
 
 SCORER_HELP = {
     "detector": "GenEval: Mask2Former COCO instance checkpoint",
@@ -82,12 +81,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from accelerate import PartialState
 
-    from ..devices import cpu_only
+    from ..devices import cpu_only, resolve_device
     from ..evaluation.generate import generate_benchmark
+    from ..files import check_writable
 
-    sampling = sampling_from_args(args)
-    if args.output.exists() and not args.output.is_dir():
-        raise OpenUniError(f"--output {args.output} exists and is not a folder")
+    # The benchmark fixes the images per prompt, and seed + k must hold for each of them.
+    sampling = replace(sampling_from_args(args), num_images=BENCHMARKS[args.benchmark].images_per_prompt).check(
+        names=SAMPLING_FLAGS)
+    if args.device is not None:
+        resolve_device(args.device)  # a device this machine lacks is refused before anything is read or loaded
+    check_writable(args.output, "--output", folder=True)
     prompts = BENCHMARKS[args.benchmark].load_prompts(args.prompts)
     # On CPU, accelerate joins the processes of a launcher (torchrun, accelerate launch) only when told so.
     state = PartialState(cpu=(args.device or "cuda").startswith("cpu") or cpu_only())

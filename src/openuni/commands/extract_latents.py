@@ -47,30 +47,39 @@ def open_dataset(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from ..data.latent_cache import LatentExtractor, check_settings, shard_plan
+    from ..data.latent_cache import LatentExtractor, check_settings, record_settings, shard_plan
     from ..devices import cpu_only, resolve_device, resolve_dtype
     from ..errors import OpenUniError
+    from ..files import check_writable
     from ..loading import load_vae, resolve_vae_dir
     from ..model import encode_pixels
+    from ..sampling import MAX_SIDE
 
-    if args.resolution <= 0 or args.resolution % 32:
-        raise OpenUniError(f"--resolution must be a positive multiple of 32, got {args.resolution}")
+    if not 0 < args.resolution <= MAX_SIDE or args.resolution % 32:
+        raise OpenUniError(f"--resolution must be a positive multiple of 32 up to {MAX_SIDE}, got {args.resolution}")
     if args.batch_size < 1 or args.shard_size < 1:
         raise OpenUniError("--batch-size and --shard-size must be at least 1")
+    check_writable(args.output, "--output", folder=True)
     state = PartialState(cpu=args.device == "cpu" or cpu_only())
     device = resolve_device(args.device) if args.device else state.device
     source = open_dataset(args)
     settings = dict(kind=args.kind, resolution=args.resolution, shards=len(shard_plan(source, args.shard_size)),
                     shard_size=args.shard_size if args.kind == "json" else None)
-    check_settings(args.output, settings, record=state.is_main_process)
+    check_settings(args.output, settings)
     vae = load_vae(resolve_vae_dir(args.vae), resolve_dtype(args.dtype, device)).to(device).eval()
+    if state.is_main_process:  # the work starts: from here on the folder belongs to these settings
+        record_settings(args.output, settings)
+    state.wait_for_everyone()
     extractor = LatentExtractor(source, args.output, lambda pixels: encode_pixels(vae, pixels), args.resolution,
                                 args.batch_size, args.shard_size, state.process_index, state.num_processes)
     written, pending = extract_all(extractor, by_image=args.kind == "json", rank=state.process_index)
     state.wait_for_everyone()
     done = len(extractor.mine) - len(pending)
-    print(f"process {state.process_index}: wrote {len(pending)} shards ({written} latents), {done} were already "
-          f"done, {extractor.skipped} unusable samples skipped -> {args.output}")
+    print(f"process {state.process_index}: wrote {len(pending) - len(extractor.empty)} shards ({written} latents), "
+          f"{done} were already done, {extractor.skipped} unusable samples skipped -> {args.output}")
+    if extractor.empty:
+        raise OpenUniError(f"{len(extractor.empty)} shard(s) had no usable sample and were not written "
+                           f"({extractor.empty[0]}): fix the data and run again (the finished shards are kept)")
     return 0
 
 

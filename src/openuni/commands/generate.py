@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
 from ..errors import OpenUniError
-from ..files import save_image_atomically, write_text_atomically
+from ..files import check_writable, save_image_atomically, write_text_atomically
 from .options import add_model_arguments, add_sampling_arguments, pipeline_from_args, sampling_from_args
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -62,15 +63,27 @@ def index_path(output: Path) -> Path:
     return output / "metadata.jsonl"
 
 
+def check_outputs(output: Path, files: list[Path]) -> None:
+    """Every output can be written: checked when the run is planned, before the model loads."""
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        check_writable(output, "--output", folder=True)
+    for path in files:
+        if path.is_dir():
+            raise OpenUniError(f"--output: {path} is a folder; name another file or folder")
+    check_writable(files[0], "--output")
+
+
 class OutputWriter:
     """Saves each request's images as they come, and keeps the index of what is written current, so an interrupted
-    run keeps both its finished images and their records. Shows the run's progress (done/total, ETA)."""
+    run keeps both its finished images and their records. Shows the run's progress (done/total, ETA). Every output
+    path is checked when it is made, before any work."""
 
     def __init__(self, output: Path, paths: list[list[Path]], num_images: int, grid: bool, seed: int, unit: str):
         from tqdm.auto import tqdm
 
         self.paths, self.num_images, self.grid, self.seed = paths, num_images, grid, seed
         self.index = index_path(output) if sum(map(len, paths)) > 1 else None
+        check_outputs(output, [path for own in paths for path in own] + ([self.index] if self.index else []))
         self.written: list[dict] = []
         self.progress = tqdm(total=len(paths), unit=unit, dynamic_ncols=True, disable=len(paths) == 1)
 
@@ -80,7 +93,22 @@ class OutputWriter:
             pipe.set_progress_bar_config(disable=True)
 
     def save(self, images: list, requests: list[tuple[int, dict]]) -> None:
-        """`images` are prompt-major, `num_images` per request; a request is (its number, what to record)."""
+        """`images` are prompt-major, `num_images` per request; a request is (its number, what to record). A write
+        the system refuses (a full disk) ends the run with one line; the images finished before stay, indexed."""
+        try:
+            self._save(images, requests)
+        except OpenUniError as error:
+            if self.index is not None and self.written:
+                with contextlib.suppress(OpenUniError):
+                    self.write_index()
+            self.progress.close()  # (the error line comes after the bar, not inside it)
+            raise OpenUniError(f"{error} ({len(self.written)} images finished before it are kept)") from None
+        self.progress.update(len(requests))
+
+    def write_index(self) -> None:
+        write_text_atomically(self.index, "".join(json.dumps(entry) + "\n" for entry in self.written))
+
+    def _save(self, images: list, requests: list[tuple[int, dict]]) -> None:
         from ..images import image_grid
 
         for offset, (number, record) in enumerate(requests):
@@ -92,8 +120,7 @@ class OutputWriter:
                 # Image k of a request starts from seed + k (a grid file: its first tile's seed).
                 self.written.append({**record, "seed": self.seed + k, "file": str(path)})
         if self.index is not None:
-            write_text_atomically(self.index, "".join(json.dumps(entry) + "\n" for entry in self.written))
-        self.progress.update(len(requests))
+            self.write_index()
 
     def summary(self) -> str:
         self.progress.close()

@@ -21,7 +21,8 @@ PART_FLAGS = {
     "checkpoint": "release .pth file",
 }
 MLLM_PARTS = ("mllm", "tokenizer")
-SAMPLING_FLAGS = {"height": "--height", "width": "--width", "steps": "--steps", "num_images": "--num-images"}
+SAMPLING_FLAGS = {"height": "--height", "width": "--width", "steps": "--steps", "num_images": "--num-images",
+                  "seed": "--seed", "cfg_scale": "--cfg-scale", "negative_prompt": "--negative-prompt"}
 
 
 def add_device_arguments(group, dtype: bool = True) -> None:
@@ -96,6 +97,8 @@ def pipeline_from_args(args: argparse.Namespace):
     from ..acceleration import compile_pipeline, enable_vae_memory_savers
     from ..devices import resolve_device
 
+    if args.connector_heads is not None and args.connector_heads < 1:
+        raise OpenUniError(f"--connector-heads must be at least 1, got {args.connector_heads}")
     device = resolve_device(args.device)
     offload = args.offload and device.type != "cpu"
     if args.offload and not offload:

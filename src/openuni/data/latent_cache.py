@@ -1,8 +1,11 @@
 """Writing latent shards: each one complete or absent, so an interrupted extraction resumes where it stopped.
 
 Shard `i` covers items `[i * S, (i + 1) * S)` of a JSON-indexed dataset, or input tar `i` of a WebDataset; process
-`r` of `W` writes the shards `i = r (mod W)`. A shard is written as `.shard-XXXXXX.safetensors.partial` and renamed into place,
-and a present shard is never redone: no duplicates, no torn files.
+`r` of `W` writes the shards `i = r (mod W)`. A shard is written as `.shard-XXXXXX.safetensors.partial` and renamed
+into place, and an intact shard is never redone: no duplicates. A shard that is torn all the same (a copy cut
+short, a crash before the disk had it) is found by its header (`shard_problem`) and redone on resume, and refused
+when training starts. A shard whose input gave no usable sample is not written at all: an empty shard would count
+as done on a corrected rerun. Each shard records the resolution its latents were made at.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import OpenUniError
 from ..files import write_atomically, write_text_atomically
 from .images import BadSample, crop_to, to_pixels
-from .sources import JsonImageFolder, WebDatasetShards
+from .sources import JsonImageFolder, WebDatasetShards, check_shard, shard_problem
 
 logger = logging.getLogger(__name__)
 
@@ -25,30 +29,63 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "extraction.json"
 
 
-def check_settings(output: Path, settings: dict, record: bool) -> None:
+def check_settings(output: Path, settings: dict) -> None:
     """The shards of one folder must come from one plan: resuming with another shard size, resolution or data set
-    would duplicate samples or mix latent sizes. The first run records its settings; later runs must match them."""
+    would duplicate samples or mix latent sizes. Later runs must match what the first one recorded."""
     path = Path(output) / SETTINGS_FILE
     if path.is_file():
         try:
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise OpenUniError(f"{path} is unreadable ({error}): delete it only if every shard there is from this run")
+        recorded = recorded if isinstance(recorded, dict) else {}
         differing = [f"{key} {recorded.get(key)} (now {value})" for key, value in settings.items() if recorded.get(key) != value]
         if differing:
             raise OpenUniError(f"{output} holds shards extracted with other settings: {', '.join(differing)}; "
                                "rerun with those settings or use another --output")
-    elif record:
+
+
+def record_settings(output: Path, settings: dict) -> None:
+    """Written once the work starts (the VAE loaded): a run that failed before must not lock the folder."""
+    path = Path(output) / SETTINGS_FILE
+    if not path.is_file():
         write_text_atomically(path, json.dumps(settings, indent=1))
+
+
+def shard_resolution(path: Path) -> int | None:
+    with safe_open(path, framework="pt") as reader:
+        value = (reader.metadata() or {}).get("resolution")
+    return int(value) if value and value.isdigit() else None
+
+
+def check_latent_folder(folder: Path, resolution: int) -> None:
+    """Before training: every shard whole, and made at the run's resolution (per shard, or as `extraction.json`
+    records it for shards written before shards recorded it)."""
+    settings_file = folder / SETTINGS_FILE
+    recorded = None
+    if settings_file.is_file():
+        try:
+            recorded = json.loads(settings_file.read_text(encoding="utf-8")).get("resolution")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    for shard in sorted(folder.glob("shard-*.safetensors")):
+        check_shard(shard)
+        made_at = shard_resolution(shard) or recorded
+        if made_at is not None and made_at != resolution:
+            raise OpenUniError(f"{shard} holds latents of {made_at} px images, this run trains at resolution "
+                               f"{resolution}: extract latents at {resolution} (or set resolution={made_at})")
 
 
 def shard_path(output: Path, shard: int) -> Path:
     return output / f"shard-{shard:06d}.safetensors"
 
 
-def write_shard(path: Path, latents: list[torch.Tensor], captions: list[str], keys: list[str], skipped: int) -> None:
+def write_shard(path: Path, latents: list[torch.Tensor], captions: list[str], keys: list[str], skipped: int,
+                resolution: int | None = None) -> None:
     tensors = {f"latents.{i}": l.contiguous() for i, l in enumerate(latents)}
     metadata = {"captions": json.dumps(captions), "keys": json.dumps(keys), "skipped": str(skipped)}
+    if resolution is not None:
+        metadata["resolution"] = str(resolution)
     write_atomically(path, lambda partial: save_file(tensors, partial, metadata=metadata))
 
 
@@ -83,9 +120,19 @@ class LatentExtractor:
         self.plan = shard_plan(source, shard_size)
         self.mine = [i for i in range(len(self.plan)) if i % world_size == rank]
         self.skipped = 0
+        self.empty: list[str] = []  # why each shard without a usable sample was not written
 
     def pending(self) -> list[int]:
-        return [i for i in self.mine if not shard_path(self.output, i).exists()]
+        """This process's shards still to write: absent ones, and present ones that are torn (they are redone)."""
+        todo = []
+        for shard in self.mine:
+            path = shard_path(self.output, shard)
+            problem = shard_problem(path) if path.exists() else "absent"
+            if problem and problem != "absent":
+                logger.warning("latent shard %s is damaged (%s): extracting it again", path, problem)
+            if problem:
+                todo.append(shard)
+        return todo
 
     def encode_batch(self, images) -> list[torch.Tensor]:
         pixels = torch.stack([to_pixels(crop_to(image, self.resolution, self.resolution)) for image in images])
@@ -112,7 +159,17 @@ class LatentExtractor:
                 encode_pending()
         if pending:
             encode_pending()
-        self.output.mkdir(parents=True, exist_ok=True)
-        write_shard(shard_path(self.output, shard), latents, captions, keys, skipped)
         self.skipped += skipped
+        if not latents:
+            self.empty.append(self.why_empty(shard, skipped))
+            return 0
+        self.output.mkdir(parents=True, exist_ok=True)
+        write_shard(shard_path(self.output, shard), latents, captions, keys, skipped, self.resolution)
         return len(latents)
+
+    def why_empty(self, shard: int, skipped: int) -> str:
+        part = self.plan[shard]
+        what = part[0] if isinstance(self.source, WebDatasetShards) else f"items {part.start}-{part.stop - 1}"
+        if skipped:
+            return f"shard {shard} ({what}): all {skipped} samples unusable"
+        return f"shard {shard} ({what}): no samples read (is it a WebDataset .tar of images with captions?)"

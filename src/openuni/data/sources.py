@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..errors import OpenUniError
+from ..errors import OpenUniError, reason
 from .images import BadSample, decode_image
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,36 @@ class JsonImageFolder:
         return {"caption": caption, "image": decode_image(str(path), str(path)), "key": str(entry["image"])}
 
 
+def shard_problem(path: Path) -> str | None:
+    """Why a shard cannot be used (torn, damaged, inconsistent), or None when it is whole. Reads its header only:
+    safetensors checks that the data it lists is all in the file, so a shard cut short fails here."""
+    try:
+        with safe_open(path, framework="pt") as reader:
+            metadata = reader.metadata() or {}
+            keys = set(reader.keys())
+            shapes = {tuple(reader.get_slice(key).get_shape()) for key in keys}
+        captions = json.loads(metadata["captions"])
+    except Exception as error:  # safetensors raises its own error types; a header without our metadata
+        return f"unreadable: {reason(error, 120)}"
+    if not isinstance(captions, list) or keys != {f"latents.{i}" for i in range(len(captions))}:
+        return f"{len(keys)} latents for {len(captions) if isinstance(captions, list) else '?'} captions"
+    if not captions:
+        return "no samples"
+    if len(shapes) > 1:
+        return f"latents of several sizes {sorted(shapes)}"
+    return None
+
+
+def check_shard(path: Path) -> None:
+    problem = shard_problem(path)
+    if problem:
+        raise OpenUniError(f"latent shard {path} is damaged ({problem}): run `openuni extract-latents` again with "
+                           "the same settings to redo it")
+
+
 class CachedLatents:
-    """Latent shards written by `openuni extract-latents`: tensors `latents.{i}` + captions in the metadata."""
+    """Latent shards written by `openuni extract-latents`: tensors `latents.{i}` + captions in the metadata. A torn
+    or inconsistent shard is refused when the folder is opened, not when training reaches it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -95,6 +123,7 @@ class CachedLatents:
         self.index: list[tuple[Path, int]] = []
         self.captions: dict[Path, list[str]] = {}
         for shard in shards:
+            check_shard(shard)
             with safe_open(shard, framework="pt") as reader:
                 captions = json.loads(reader.metadata()["captions"])
             self.captions[shard] = captions

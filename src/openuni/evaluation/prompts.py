@@ -95,6 +95,8 @@ def load_geneval(path: str | Path | None = None) -> list[BenchmarkPrompt]:
             text = record["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise OpenUniError(f"{source} line {number}: not a GenEval metadata object with a 'prompt'") from None
+        if not isinstance(text, str):
+            raise OpenUniError(f"{source} line {number}: the 'prompt' must be text, got {type(text).__name__}")
         prompts.append(BenchmarkPrompt(f"{len(prompts):05d}", text, record))
     return _non_empty(prompts, source)
 
@@ -142,6 +144,8 @@ def load_wise(path: str | Path | None = None) -> list[BenchmarkPrompt]:
         try:
             records = json.loads(_read_text(file))
             prompts += [BenchmarkPrompt(str(int(r["prompt_id"])), r["Prompt"], r) for r in records]
+            if not all(isinstance(p.text, str) for p in prompts):
+                raise TypeError("a Prompt that is not text")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise OpenUniError(f"{file}: not a WISE prompt file (a JSON list of objects with prompt_id and Prompt)") \
                 from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import OpenUniError
-from ..variants import VARIANTS
+from ..errors import OpenUniError, reason
+from ..files import check_writable
+from ..sampling import MAX_SEED, MAX_STEPS
+from ..variants import STAGES, VARIANTS
 
 
 @dataclass
@@ -79,6 +82,8 @@ class TrainConfig:
     sample_steps: int = 20
 
     def check(self) -> None:
+        """The whole config, before anything is loaded: a bad setting must not surface at the first sample step (or
+        never), nor as a traceback of the library that reads it."""
         if self.variant not in VARIANTS:
             raise OpenUniError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
         if not self.data:
@@ -86,20 +91,76 @@ class TrainConfig:
         for i, source in enumerate(self.data):
             if source.kind not in ("json", "webdataset", "latents") or not source.path:
                 raise OpenUniError(f"data.{i}: needs kind json|webdataset|latents and a path, got {source}")
-        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise OpenUniError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.resolution % 32:
-            raise OpenUniError(f"resolution must be a multiple of 32, got {self.resolution}")
+            if not (math.isfinite(source.ratio) and source.ratio > 0):
+                raise OpenUniError(f"data.{i}.ratio must be a positive number, got {source.ratio}")
+        self.check_counts()
+        self.check_rates()
+        if self.resolution <= 0 or self.resolution % 32:
+            raise OpenUniError(f"resolution must be a positive multiple of 32, got {self.resolution}")
         if self.mixed_precision not in ("bf16", "fp16", "no"):
             raise OpenUniError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
-        if self.train_shift <= 0:
-            raise OpenUniError(f"train_shift must be positive, got {self.train_shift}")
-        if not 0 <= self.caption_dropout < 1:
-            raise OpenUniError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.init_stage not in STAGES:
+            raise OpenUniError(f"init_stage must be one of {', '.join(STAGES)}, got {self.init_stage!r}")
+        if str(self.log_with).lower() not in ("tensorboard", "wandb", "none", ""):
+            raise OpenUniError(f"log_with must be tensorboard, wandb or none, got {self.log_with!r}")
+        bad_prompts = [p for p in self.sample_prompts if not isinstance(p, str) or not p.strip()]
+        if bad_prompts:
+            raise OpenUniError(f"sample_prompts must be non-empty texts, got {bad_prompts[0]!r}")
+        check_writable(self.output_dir, "output_dir", folder=True)
+        self.check_cached_latents()
+
+    def check_counts(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise OpenUniError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("num_workers", "sample_every", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise OpenUniError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 1 <= self.sample_steps <= MAX_STEPS:
+            raise OpenUniError(f"sample_steps must be between 1 and {MAX_STEPS}, got {self.sample_steps}")
+        if self.connector_heads is not None and self.connector_heads < 1:
+            raise OpenUniError(f"connector_heads must be at least 1, got {self.connector_heads}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise OpenUniError(f"seed must be between 0 and 2^63 - 1, got {self.seed}")
+
+    def check_rates(self) -> None:
+        """Every float finite (NaN passes every comparison unnoticed, and inf trains nothing) and in its range."""
+        check_range("lr", self.lr, 0, math.inf, open_low=True)
+        check_range("train_shift", self.train_shift, 0, math.inf, open_low=True)
+        if self.lora_alpha is not None:
+            check_range("lora_alpha", self.lora_alpha, 0, math.inf, open_low=True)
+        check_range("warmup_start_factor", self.warmup_start_factor, 0, 1, open_low=True)
+        check_range("warmup_ratio", self.warmup_ratio, 0, 1)
+        check_range("weight_decay", self.weight_decay, 0, math.inf)
+        check_range("grad_clip", self.grad_clip, 0, math.inf)
+        check_range("caption_dropout", self.caption_dropout, 0, 1, open_high=True)
+        for i, beta in enumerate(self.betas):
+            check_range(f"betas[{i}]", beta, 0, 1, open_high=True)
+
+    def check_cached_latents(self) -> None:
+        """Cached latents must be intact and of this run's resolution (a 256 px cache trains silently in a 64 px
+        run otherwise); aspect buckets need images."""
+        from ..data.latent_cache import check_latent_folder
+
+        latents = [source for source in self.data if source.kind == "latents"]
+        if latents and self.aspect_buckets:
+            raise OpenUniError("aspect_buckets needs images: cached latents have one fixed size")
+        for source in latents:
+            if Path(source.path).is_dir():
+                check_latent_folder(Path(source.path), self.resolution)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_range(name: str, value: float, low: float, high: float, open_low: bool = False,
+                open_high: bool = False) -> None:
+    inside = math.isfinite(value) and (value > low if open_low else value >= low) and \
+        (value < high if open_high else value <= high)
+    if not inside:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise OpenUniError(f"{name} must be a finite number in {interval}, got {value}")
 
 
 # Per-GPU batch sizes of the reference configs (wusize/OpenUni configs/datasets/*): 32 at 512 px; at 1024 px 16 in
@@ -178,8 +239,8 @@ def build_config(source: str, overrides: list[str]) -> TrainConfig:
             raise OpenUniError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise OpenUniError(f"cannot read config {path}: {error}") from None
+        except (OSError, ValueError, yaml.YAMLError) as error:  # (ValueError: not UTF-8 text)
+            raise OpenUniError(f"cannot read config {path}: {reason(error)}") from None
         if not isinstance(values, dict):
             raise OpenUniError(f"{path}: expected a mapping of settings")
         preset = values.pop("preset", None)
