@@ -32,3 +32,12 @@ def test_a_failed_write_removes_its_partial_file_and_keeps_the_old_one(tmp_path)
     with pytest.raises(OSError):  # PIL cannot write RGBA as JPEG: same clean-up
         save_image_atomically(PIL.Image.new("RGBA", (4, 4)), tmp_path / "c.jpg")
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_a_link_planted_under_the_partial_name_is_not_written_through(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".out.txt.partial").symlink_to(victim)
+    write_text_atomically(tmp_path / "out.txt", "new")
+    assert victim.read_text() == "precious"
+    assert (tmp_path / "out.txt").read_text() == "new" and not (tmp_path / "out.txt").is_symlink()

@@ -74,6 +74,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     partial = partial_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if partial.is_symlink():  # writers follow links: a link planted under our partial name must not be written through
+            partial.unlink()
         write(partial)
         os.replace(partial, path)
     except BaseException as error:
