@@ -94,3 +94,30 @@ def test_edit_extraction_settings_are_checked(tiny, tmp_path, capsys):
     assert "task edit (now reconstruct)" in capsys.readouterr().err
     assert extract("json", images, *common[2:]) == 2  # nor text-to-image ones
     assert "task edit (now None)" in capsys.readouterr().err
+
+
+def test_a_micro_batch_of_cached_features_and_images_conditions_each_on_its_own_source(tiny, tmp_path):
+    """Two edit sources, one cached with features and one of images, may fill one micro-batch: the images' features
+    are computed there, and the loss is the one of the same batch given as pixels."""
+    from openuni.data.sources import open_source
+    from openuni.training.trainer import Trainer
+
+    index = write_edit_dataset(tmp_path / "edits", count=2)
+    out = tmp_path / "cache"
+    assert extract("json", index, "--task", "edit", "--output", out, "--vae", tiny.vae, "--resolution", 64,
+                   "--device", "cpu", "--source-features", tiny.mllm) == 0
+    reset_accelerate()
+    trainer = Trainer(tiny_train_config(tiny, index, tmp_path / "run", task="edit",
+                                        data=[dict(kind="latents", path=str(out)), dict(kind="json", path=str(index))]))
+    stream = trainer.sample_stream().dataset
+    cached, images = open_source("latents", str(out), "edit"), open_source("json", str(index), "edit")
+    mixed = [stream.finish(dict(cached[0]), 0), stream.finish(dict(images[1]), 1)]
+    plain = [stream.finish(dict(images[0]), 0), stream.finish(dict(images[1]), 1)]
+    mixed_inputs, plain_inputs = trainer.model_inputs(mixed), trainer.model_inputs(plain)
+    assert "source_pixels" not in mixed_inputs and "source_features" not in plain_inputs
+    with torch.no_grad():
+        expected_features = trainer.model.semantic_features(plain_inputs["source_pixels"])
+        torch.testing.assert_close(mixed_inputs["source_features"], expected_features, atol=1e-5, rtol=1e-5)
+        losses = [trainer.wrapped(**inputs) for inputs in (mixed_inputs, plain_inputs)]
+    torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=1e-4)
+    reset_accelerate()
