@@ -121,3 +121,24 @@ def test_a_micro_batch_of_cached_features_and_images_conditions_each_on_its_own_
         losses = [trainer.wrapped(**inputs) for inputs in (mixed_inputs, plain_inputs)]
     torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=1e-4)
     reset_accelerate()
+
+
+def test_a_torn_edit_shard_is_refused_for_training_and_redone_by_a_rerun(tiny, tmp_path):
+    from openuni.data.sources import open_source
+    from openuni.errors import OpenUniError
+
+    index = write_edit_dataset(tmp_path / "edits", count=4)
+    out = tmp_path / "cache"
+    args = ["json", index, "--task", "edit", "--output", out, "--vae", tiny.vae, "--resolution", 64, "--shard-size", 2,
+            "--device", "cpu"]
+    assert extract(*args) == 0
+    before = [open_source("latents", str(out), "edit")[i] for i in range(4)]
+    whole = (out / "shard-000001.safetensors").read_bytes()
+    (out / "shard-000001.safetensors").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(OpenUniError, match="shard-000001.safetensors is damaged"):
+        open_source("latents", str(out), "edit")
+    assert extract(*args) == 0
+    after = [open_source("latents", str(out), "edit")[i] for i in range(4)]
+    assert [s["key"] for s in after] == [s["key"] for s in before]
+    assert all(torch.equal(a["latents"], b["latents"]) and torch.equal(a["source_pixels"], b["source_pixels"])
+               for a, b in zip(after, before))

@@ -80,6 +80,9 @@ class EditExtractor(LatentExtractor):
         if pending:
             encode_pending()
         self.skipped += skipped
+        if not encoded:  # (as text-to-image shards: an empty one would count as done on a corrected rerun)
+            self.empty.append(self.why_empty(shard, skipped))
+            return 0
         self.output.mkdir(parents=True, exist_ok=True)
         write_edit_shard(shard_path(self.output, shard), encoded, instructions, keys, skipped, self.task,
                          self.resolution)

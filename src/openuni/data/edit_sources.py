@@ -27,7 +27,7 @@ from ..errors import OpenUniError
 from ..prompting import RECONSTRUCTION_INSTRUCTION
 from .images import BadSample, decode_image
 from .sources import (IMAGE_EXTENSIONS, IMAGE_TO_IMAGE, LATENT_SHARD_GLOB, JsonImageFolder, WebDatasetShards,
-                      cached_task, caption_from_json)
+                      cached_task, caption_from_json, check_shard)
 
 INSTRUCTION_KEYS = ("instruction", "caption", "prompt")
 
@@ -119,6 +119,7 @@ class CachedEdits:
         self.index: list[tuple[Path, int]] = []
         self.instructions: dict[Path, list[str]] = {}
         for shard in shards:
+            check_shard(shard)
             with safe_open(shard, framework="pt") as reader:
                 metadata = reader.metadata()
             if cached_task(metadata) != expected_task:

@@ -108,23 +108,35 @@ def cached_task(metadata: dict) -> str:
     return metadata.get("task", "text2image")
 
 
+def shard_layout(metadata: dict, keys) -> tuple[str, tuple[str, ...]]:
+    """(the metadata key of a shard's texts, the tensors each of its samples has): `latents.{i}` and the captions
+    for text-to-image; for image-to-image also `source.{i}` (pixels) or `source_features.{i}`, and the
+    instructions."""
+    if cached_task(metadata) == "text2image":
+        return "captions", ("latents",)
+    source = "source_features" if any(key.startswith("source_features.") for key in keys) else "source"
+    return "instructions", ("latents", source)
+
+
 def shard_problem(path: Path) -> str | None:
     """Why a shard cannot be used (torn, damaged, inconsistent), or None when it is whole. Reads its header only:
     safetensors checks that the data it lists is all in the file, so a shard cut short fails here."""
     try:
         with safe_open(path, framework="pt") as reader:
             metadata = reader.metadata() or {}
-            keys = set(reader.keys())
-            shapes = {tuple(reader.get_slice(key).get_shape()) for key in keys}
-        captions = json.loads(metadata["captions"])
+            shapes = {key: tuple(reader.get_slice(key).get_shape()) for key in reader.keys()}
+        texts_key, names = shard_layout(metadata, shapes)
+        texts = json.loads(metadata[texts_key])
     except Exception as error:  # safetensors raises its own error types; a header without our metadata
         return f"unreadable: {reason(error, 120)}"
-    if not isinstance(captions, list) or keys != {f"latents.{i}" for i in range(len(captions))}:
-        return f"{len(keys)} latents for {len(captions) if isinstance(captions, list) else '?'} captions"
-    if not captions:
+    if not isinstance(texts, list) or set(shapes) != {f"{name}.{i}" for name in names for i in range(len(texts))}:
+        return f"{len(shapes)} tensors for {len(texts) if isinstance(texts, list) else '?'} {texts_key}"
+    if not texts:
         return "no samples"
-    if len(shapes) > 1:
-        return f"latents of several sizes {sorted(shapes)}"
+    for name in names:
+        sizes = {shape for key, shape in shapes.items() if key.rsplit(".", 1)[0] == name}
+        if len(sizes) > 1:
+            return f"{name} of several sizes {sorted(sizes)}"
     return None
 
 
