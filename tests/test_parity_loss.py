@@ -77,8 +77,7 @@ def test_image_to_image_loss(model_and_schedule, expected):
 
 def test_training_batches_are_tokenized_and_padded_as_the_reference(model_and_schedule, expected):
     """t2i: generation prompts right-padded with 0; i2i: edit prompts left-padded with 0 (quirk 1)."""
-    from openuni.data.collate import tokenize_prompts, training_prompts
-    from openuni.prompting import edit_prompt
+    from openuni.data.collate import tokenize_edit_prompts, tokenize_prompts, training_prompts
 
     pipe, _ = model_and_schedule
     captions = ["a red cube on the left of a blue sphere", "a green dog"]
@@ -86,6 +85,6 @@ def test_training_batches_are_tokenized_and_padded_as_the_reference(model_and_sc
     ids, mask = tokenize_prompts(pipe.tokenizer, prompts)
     assert torch.equal(ids, expected["t2i_loss.input_ids"]) and torch.equal(mask, expected["t2i_loss.attention_mask"])
 
-    prompts = [edit_prompt(text, pipe.model.num_image_tokens) for text in ("make it blue", "Keep the image as it is.")]
-    ids, mask = tokenize_prompts(pipe.tokenizer, prompts, side="left")
+    instructions = ["make it blue", "Keep the image as it is."]
+    ids, mask = tokenize_edit_prompts(pipe.tokenizer, instructions, pipe.model.num_image_tokens)
     assert torch.equal(ids, expected["i2i_loss.input_ids"]) and torch.equal(mask, expected["i2i_loss.attention_mask"])

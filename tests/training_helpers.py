@@ -115,3 +115,101 @@ class OneThread:
         import torch
 
         torch.set_num_threads(self.previous)
+
+
+EDIT_INSTRUCTIONS = ["swap red and blue", "invert the colours", "make it darker", "turn it upside down"]
+
+
+def instruction_of(item: int) -> str:
+    return EDIT_INSTRUCTIONS[item % len(EDIT_INSTRUCTIONS)]
+
+
+def edit_pair(item: int, size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """(source, target) of edit pair `item` as training sees them: both resized (bicubic) to size x size."""
+    source = synthetic_image(item)
+    target = edited_image(source, instruction_of(item))
+    return source.resize((size, size), PIL.Image.BICUBIC), target.resize((size, size), PIL.Image.BICUBIC)
+
+
+def pixels_of(image: PIL.Image.Image):
+    """An RGB image as training pixels [3, H, W] in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def edited_image(image: PIL.Image.Image, instruction: str) -> PIL.Image.Image:
+    """What each of EDIT_INSTRUCTIONS does, so the targets follow from the sources and the instructions."""
+    array = np.asarray(image)
+    if instruction == "swap red and blue":
+        array = array[..., ::-1]
+    elif instruction == "invert the colours":
+        array = 255 - array
+    elif instruction == "make it darker":
+        array = array // 2
+    else:
+        array = array[::-1]
+    return PIL.Image.fromarray(np.ascontiguousarray(array))
+
+
+def write_edit_dataset(root: Path, count: int = 8, missing_source: tuple[int, ...] = (),
+                       missing_target: tuple[int, ...] = (), empty_instruction: tuple[int, ...] = ()) -> Path:
+    """The reference's edit layout: index.json of {source_image, target_image, annotation} + images + per-pair
+    .json (key `caption`) or .txt instructions (alternating)."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(count):
+        instruction = instruction_of(i)
+        source, target = f"{i:04d}-src.png", f"{i:04d}-tgt.png"
+        image = synthetic_image(i)
+        if i not in missing_source:
+            image.save(root / source)
+        if i not in missing_target:
+            edited_image(image, instruction).save(root / target)
+        text = "  " if i in empty_instruction else instruction
+        annotation = f"{i:04d}.{'json' if i % 2 else 'txt'}"
+        (root / annotation).write_text(json.dumps({"caption": text}) if annotation.endswith("json") else text)
+        entries.append({"source_image": source, "target_image": target, "annotation": annotation})
+    (root / "edits.json").write_text(json.dumps(entries))
+    return root / "edits.json"
+
+
+def write_edit_webdataset(root: Path, shards: int = 2, per_shard: int = 3, missing_target: tuple[int, ...] = ()) -> str:
+    """Edit pairs as WebDataset records: <key>.src.png, <key>.tgt.png, <key>.txt."""
+    import io
+
+    import webdataset as wds
+
+    def png(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    root.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for shard in range(shards):
+        with wds.TarWriter(str(root / f"edits-{shard:05d}.tar")) as writer:
+            for _ in range(per_shard):
+                instruction = instruction_of(index)
+                record = {"__key__": f"{index:06d}", "src.png": png(synthetic_image(index)), "txt": instruction}
+                if index not in missing_target:
+                    record["tgt.png"] = png(edited_image(synthetic_image(index), instruction))
+                writer.write(record)
+                index += 1
+    return str(root / f"edits-{{00000..{shards - 1:05d}}}.tar")
+
+
+def write_edit_latent_dataset(root: Path, count: int = 4, seed: int = 0, task: str = "edit") -> Path:
+    """A cached edit folder as `extract-latents --task edit` writes it: 64 px uint8 sources, unit-variance latents
+    of the tiny SANA as targets."""
+    import torch
+
+    from openuni.data.edit_cache import uint8_pixels, write_edit_shard
+    from openuni.data.latent_cache import shard_path
+
+    root.mkdir(parents=True, exist_ok=True)
+    latents = torch.randn(count, 8, 2, 2, generator=torch.Generator().manual_seed(seed))
+    samples = [dict(latents=latents[i], source=uint8_pixels(synthetic_image(i).resize((64, 64)))) for i in range(count)]
+    instructions = [instruction_of(i) for i in range(count)]
+    write_edit_shard(shard_path(root, 0), samples, instructions, [f"k{i}" for i in range(count)], 0, task, 64)
+    return root

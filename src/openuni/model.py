@@ -53,8 +53,7 @@ class OpenUni(nn.Module):
 
     @property
     def vit_input_size(self) -> int:
-        size = self.mllm.config.vision_config.image_size
-        return size[0] if isinstance(size, (list, tuple)) else size
+        return vit_input_size(self.mllm)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_input_embeddings()(input_ids)
@@ -82,13 +81,7 @@ class OpenUni(nn.Module):
 
     def semantic_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> InternViT features as LLM embeddings, `num_image_tokens` per image."""
-        mean = pixel_values.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = pixel_values.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        x = ((pixel_values + 1) / 2 - mean) / std
-        size = self.vit_input_size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        vision_dtype = self.mllm.model.vision_tower.dtype
-        return self.mllm.model.get_image_features(pixel_values=x.to(vision_dtype), return_dict=True).pooler_output
+        return semantic_features(self.mllm, pixel_values)
 
     def latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         return decode_latents(self.vae, latents)
@@ -109,9 +102,16 @@ class OpenUni(nn.Module):
         )[0]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, latents: torch.Tensor,
-                noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """The training forward: per-sample flow-matching losses of a text-to-image batch."""
-        caption_embeds = self.encode_text(input_ids, attention_mask)
+                noise: torch.Tensor, u: torch.Tensor, source_pixels: torch.Tensor | None = None,
+                source_features: torch.Tensor | None = None, max_length: int | None = None) -> torch.Tensor:
+        """The training forward: per-sample flow-matching losses of a batch of one task. A text-to-image batch
+        holds prompts; an image-to-image batch holds edit prompts and its sources, as images in [-1, 1]
+        (`source_pixels`) or as cached InternViT features (`source_features`), and cuts at `max_length`."""
+        if source_pixels is None and source_features is None:
+            caption_embeds = self.encode_text(input_ids, attention_mask)
+        else:
+            caption_embeds = self.edit_caption_embeds(input_ids, attention_mask, source_pixels, max_length,
+                                                      source_features)
         return self.flow_matching_loss(latents, caption_embeds, self.train_scheduler, noise=noise, u=u).per_sample_loss
 
     def flow_matching_loss(
@@ -148,17 +148,38 @@ class OpenUni(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        source_pixels: torch.Tensor,
+        source_pixels: torch.Tensor | None,
         max_length: int | None = None,
+        source_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Image-to-image conditioning of a (left-padded) batch: the sources' semantic features at `<IMG_CONTEXT>`.
+        """Image-to-image conditioning of a (left-padded) batch: the sources' semantic features at `<IMG_CONTEXT>`,
+        computed from `source_pixels` or given as `source_features` (cached by `extract-latents`).
 
         Beyond `max_length` the sequence is cut from the left, as the reference's `image2image_loss` does.
         """
-        inputs_embeds = self.embed_with_images(input_ids, self.semantic_features(source_pixels))
+        if source_features is None:
+            source_features = self.semantic_features(source_pixels)
+        inputs_embeds = self.embed_with_images(input_ids, source_features)
         if max_length is not None and inputs_embeds.shape[1] > max_length:
             inputs_embeds, attention_mask = inputs_embeds[:, -max_length:], attention_mask[:, -max_length:]
         return self.condition(inputs_embeds, attention_mask)
+
+
+def vit_input_size(mllm: nn.Module) -> int:
+    size = mllm.config.vision_config.image_size
+    return size[0] if isinstance(size, (list, tuple)) else size
+
+
+def semantic_features(mllm: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] -> ImageNet normalisation -> bilinear resize to the ViT's size -> InternViT + projector
+    (parity quirk 9); `extract-latents --source-features` caches these."""
+    mean = pixel_values.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = pixel_values.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = ((pixel_values + 1) / 2 - mean) / std
+    size = vit_input_size(mllm)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    vision_dtype = mllm.model.vision_tower.dtype
+    return mllm.model.get_image_features(pixel_values=x.to(vision_dtype), return_dict=True).pooler_output
 
 
 def encode_pixels(vae: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,14 @@ IMG_START = "<img>"
 IMG_END = "</img>"
 IMG_CONTEXT = "<IMG_CONTEXT>"
 
-# Prompts are truncated to this many tokens in training.
+# Prompts are truncated to this many tokens in training (the text of an edit instruction, never its image tokens).
 MAX_TRAIN_PROMPT_TOKENS = 128
+# Image-to-image training cuts the embedded sequence from the left beyond this many positions: the reference
+# model's `max_length` (its constructor default, which no config changes), applied in its `image2image_loss`.
+MAX_EDIT_SEQUENCE_TOKENS = 2048
+# The instruction of reconstruction samples (the reference's `ReconstructDataset`), the same text as the
+# unconditional branch of editing.
+RECONSTRUCTION_INSTRUCTION = EDIT_UNCONDITIONAL
 
 
 def generation_prompt(prompt: str) -> str:

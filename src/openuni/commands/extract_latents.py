@@ -1,7 +1,8 @@
 """`openuni extract-latents`: encode a dataset's images with the DC-AE once, into shards that training reads.
 
 Run with `accelerate launch` (or torchrun) to spread the shards over all processes; rerun after an interruption
-to finish the missing shards only.
+to finish the missing shards only. `--task edit|reconstruct` caches image-to-image samples: the target's latents
+and the source, as pixels or (`--source-features MLLM`) as InternViT features.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--image-dir", help="JSON layout: image folder (default: the index's folder)")
     parser.add_argument("--annotation-dir", help="JSON layout: caption folder (default: the image folder)")
     parser.add_argument("--caption-key", default="caption", help="caption key in .json annotations")
+    parser.add_argument("--task", choices=["text2image", "edit", "reconstruct"], default="text2image",
+                        help="what the data trains: text-to-image (default), edit pairs, or reconstruction of its "
+                             "images")
+    parser.add_argument("--source-features", metavar="MLLM",
+                        help="edit/reconstruct: cache the sources' InternViT features of this InternVL3 (folder or Hub "
+                             "id; the training run's MLLM) instead of their pixels")
     group = parser.add_argument_group("model")
     group.add_argument("--vae", default=VAE_REPO, help=f"DC-AE folder or Hub id (default {VAE_REPO})")
     add_device_arguments(group)
@@ -35,10 +42,13 @@ def add_parser(subparsers) -> None:
 
 
 def open_dataset(args: argparse.Namespace):
-    from ..data.sources import JsonImageFolder, WebDatasetShards
+    from ..data.sources import JsonImageFolder, WebDatasetShards, open_source
     from ..training.config import require_packages
 
     require_packages({"webdataset": args.kind == "webdataset"})
+    if args.task != "text2image":
+        options = dict(image_dir=args.image_dir, annotation_dir=args.annotation_dir) if args.kind == "json" else {}
+        return open_source(args.kind, args.path, args.task, caption_key=args.caption_key, **options)
     if args.kind == "json":
         return JsonImageFolder(args.path, args.image_dir, args.annotation_dir, args.caption_key)
     return WebDatasetShards(args.path, args.caption_key)
@@ -47,7 +57,7 @@ def open_dataset(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from ..data.latent_cache import LatentExtractor, check_settings, record_settings, shard_plan
+    from ..data.latent_cache import check_settings, record_settings, shard_plan
     from ..devices import cpu_only, resolve_device, resolve_dtype
     from ..errors import OpenUniError
     from ..files import check_writable
@@ -59,19 +69,23 @@ def run(args: argparse.Namespace) -> int:
         raise OpenUniError(f"--resolution must be a positive multiple of 32 up to {MAX_SIDE}, got {args.resolution}")
     if args.batch_size < 1 or args.shard_size < 1:
         raise OpenUniError("--batch-size and --shard-size must be at least 1")
+    if args.source_features and args.task == "text2image":
+        raise OpenUniError("--source-features caches the sources of image-to-image samples: use it with --task "
+                           "edit or --task reconstruct")
     check_writable(args.output, "--output", folder=True)
     state = PartialState(cpu=args.device == "cpu" or cpu_only())
     device = resolve_device(args.device) if args.device else state.device
     source = open_dataset(args)
     settings = dict(kind=args.kind, resolution=args.resolution, shards=len(shard_plan(source, args.shard_size)),
                     shard_size=args.shard_size if args.kind == "json" else None)
+    # None for text-to-image: folders recorded before tasks existed (no such keys) keep matching.
+    settings.update(task=None if args.task == "text2image" else args.task, source_features=args.source_features)
     check_settings(args.output, settings)
     vae = load_vae(resolve_vae_dir(args.vae), resolve_dtype(args.dtype, device)).to(device).eval()
+    extractor = build_extractor(args, source, lambda pixels: encode_pixels(vae, pixels), device, state)
     if state.is_main_process:  # the work starts: from here on the folder belongs to these settings
         record_settings(args.output, settings)
     state.wait_for_everyone()
-    extractor = LatentExtractor(source, args.output, lambda pixels: encode_pixels(vae, pixels), args.resolution,
-                                args.batch_size, args.shard_size, state.process_index, state.num_processes)
     written, pending = extract_all(extractor, by_image=args.kind == "json", rank=state.process_index)
     state.wait_for_everyone()
     done = len(extractor.mine) - len(pending)
@@ -81,6 +95,28 @@ def run(args: argparse.Namespace) -> int:
         raise OpenUniError(f"{len(extractor.empty)} shard(s) had no usable sample and were not written "
                            f"({extractor.empty[0]}): fix the data and run again (the finished shards are kept)")
     return 0
+
+
+def build_extractor(args: argparse.Namespace, source, encode, device, state):
+    from ..data.edit_cache import EditExtractor
+    from ..data.latent_cache import LatentExtractor
+
+    layout = (source, args.output, encode, args.resolution, args.batch_size, args.shard_size, state.process_index,
+              state.num_processes)
+    if args.task == "text2image":
+        return LatentExtractor(*layout)
+    features = None
+    if args.source_features:
+        from ..devices import resolve_dtype
+        from ..loading import load_language_parts, resolve_mllm_dirs
+        from ..model import semantic_features
+
+        _, mllm = load_language_parts(*resolve_mllm_dirs(args.source_features, None), resolve_dtype(args.dtype, device),
+                                      device)
+
+        def features(pixels):
+            return semantic_features(mllm, pixels.to(device))
+    return EditExtractor(*layout, task=args.task, features=features)
 
 
 def extract_all(extractor, by_image: bool, rank: int) -> tuple[int, list[int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import OpenUniError
-from ..prompting import MAX_TRAIN_PROMPT_TOKENS, generation_prompt, unconditional_prompt
+from ..prompting import MAX_TRAIN_PROMPT_TOKENS, edit_prompt, generation_prompt, unconditional_prompt
 from .stream import sample_rng
 
 PAD_ID = 0  # the reference's training collates pad with id 0 (config `pad_index`), not <|endoftext|>
@@ -32,13 +32,31 @@ def training_prompts(captions: list[str], indices: list[int], seed: int, caption
     ]
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int = MAX_TRAIN_PROMPT_TOKENS,
-                     side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids, cut to `max_tokens` and padded on `side`; left-padded (edit) prompts lose their start, as in the
-    reference, so that the image tokens and the final `<img>` survive."""
-    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    ids = [i[:max_tokens] if side == "right" else i[-max_tokens:] for i in ids]
-    return pad_sequences(ids, side)
+def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int = MAX_TRAIN_PROMPT_TOKENS
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-to-image batches: token ids cut to `max_tokens` (the reference's `input_ids[:max_length]`) and
+    right-padded."""
+    ids = [tokenizer(p, add_special_tokens=False).input_ids[:max_tokens] for p in prompts]
+    return pad_sequences(ids, "right")
+
+
+def truncate_text(tokenizer, text: str, max_tokens: int) -> str:
+    """`text` cut after its first `max_tokens` tokens (counted on the text alone); unchanged when shorter."""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if len(encoding.input_ids) <= max_tokens:
+        return text
+    return text[: encoding.offset_mapping[max_tokens - 1][1]]
+
+
+def tokenize_edit_prompts(tokenizer, instructions: list[str], num_image_tokens: int,
+                          max_instruction_tokens: int = MAX_TRAIN_PROMPT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-to-image batches: the edit prompts (source image tokens + instruction), left-padded with 0 as the
+    reference's `collate_func_img2img`. Only the instruction's text is limited to `max_instruction_tokens`; the
+    `num_image_tokens` image tokens and the template around them are never cut (the reference cuts nothing here:
+    its whole-sequence limit applies to the embeddings, in `OpenUni.edit_caption_embeds`)."""
+    prompts = [edit_prompt(truncate_text(tokenizer, text, max_instruction_tokens), num_image_tokens)
+               for text in instructions]
+    return pad_sequences([tokenizer(p, add_special_tokens=False).input_ids for p in prompts], "left")
 
 
 def stack_latents(samples: list[dict], encode) -> torch.Tensor:

@@ -50,6 +50,11 @@ def crop_to(image: PIL.Image.Image, height: int, width: int, rng: random.Random 
     return image.resize((width, height), PIL.Image.BICUBIC)
 
 
+def resize_to(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
+    """A bicubic resize to exactly (height, width), the aspect ratio not kept (edit pairs, as the reference)."""
+    return image if image.size == (width, height) else image.resize((width, height), PIL.Image.BICUBIC)
+
+
 def to_pixels(image: PIL.Image.Image) -> torch.Tensor:
     """PIL RGB -> float tensor [3, H, W] in [-1, 1] (the VAE's input range)."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

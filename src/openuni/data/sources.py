@@ -5,7 +5,9 @@
 - `CachedLatents`: the shards `openuni extract-latents` writes. Random access.
 - `WebDatasetShards`: tar shards (local paths or brace-expanded URLs) of image + txt/json, read as a stream.
 
-A sample that cannot be used raises `BadSample`; the stream skips it and counts it.
+The image-to-image readers (edit pairs, reconstruction) are in `edit_sources`; `open_source` builds any of them.
+Every reader says which loss its samples train (`task`). A sample that cannot be used raises `BadSample`; the
+stream skips it and counts it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+import PIL.Image
 import torch
 from safetensors import safe_open
 
@@ -23,12 +26,13 @@ from .images import BadSample, decode_image
 logger = logging.getLogger(__name__)
 
 CAPTION_KEYS = ("caption", "prompt")
+TEXT_TO_IMAGE, IMAGE_TO_IMAGE = "text2image", "image2image"  # the two losses
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 LATENT_SHARD_GLOB = "shard-*.safetensors"
 
 
-def caption_from_json(data: dict, caption_key: str, what: str) -> str:
-    for key in (caption_key, *CAPTION_KEYS):
+def caption_from_json(data: dict, caption_key: str, what: str, fallback_keys: tuple[str, ...] = CAPTION_KEYS) -> str:
+    for key in (caption_key, *fallback_keys):
         value = data.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
@@ -38,6 +42,10 @@ def caption_from_json(data: dict, caption_key: str, what: str) -> str:
 class JsonImageFolder:
     """The reference's layout: `annotations.json` (list of {image, annotation}), images and captions in folders."""
 
+    task = TEXT_TO_IMAGE
+    required_keys = ("image",)
+    text_keys = CAPTION_KEYS  # where a .json annotation's text may be when `caption_key` is not there
+
     def __init__(self, path: str | Path, image_dir: str | Path | None = None, annotation_dir: str | Path | None = None,
                  caption_key: str = "caption"):
         self.path = Path(path)
@@ -45,8 +53,10 @@ class JsonImageFolder:
             entries = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise OpenUniError(f"cannot read the dataset index {self.path}: {error}") from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and "image" in e for e in entries):
-            raise OpenUniError(f"{self.path}: expected a JSON list of {{\"image\": ..., \"annotation\": ...}} objects")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and all(k in e for k in self.required_keys)
+                                                    for e in entries):
+            layout = ", ".join(f'"{key}": ...' for key in (*self.required_keys, "annotation"))
+            raise OpenUniError(f"{self.path}: expected a JSON list of {{{layout}}} objects")
         if not entries:
             raise OpenUniError(f"{self.path}: the dataset is empty")
         self.entries = entries
@@ -58,11 +68,16 @@ class JsonImageFolder:
         return len(self.entries)
 
     def read_caption(self, entry: dict) -> str:
+        """The entry's text (a caption, or an edit instruction): inline in the index under `caption_key`, or in its
+        `annotation` file (.json or .txt)."""
+        what = entry.get(self.required_keys[0])
         if isinstance(entry.get(self.caption_key), str):  # a caption inline in the index is accepted too
-            return entry[self.caption_key]
+            if not entry[self.caption_key].strip():
+                raise BadSample(f"{what}: empty inline {self.caption_key!r}")
+            return entry[self.caption_key].strip()
         annotation = entry.get("annotation")
         if not annotation:
-            raise BadSample(f"{entry['image']}: no annotation file and no inline {self.caption_key!r}")
+            raise BadSample(f"{what}: no annotation file and no inline {self.caption_key!r}")
         path = self.annotation_dir / annotation
         try:
             text = path.read_text(encoding="utf-8")
@@ -70,18 +85,37 @@ class JsonImageFolder:
             raise BadSample(f"{path}: unreadable caption ({error})") from None
         if path.suffix == ".json":
             try:
-                return caption_from_json(json.loads(text), self.caption_key, str(path))
+                return caption_from_json(json.loads(text), self.caption_key, str(path), self.text_keys)
             except ValueError as error:
                 raise BadSample(f"{path}: invalid JSON ({error})") from None
         if not text.strip():
             raise BadSample(f"{path}: empty caption")
         return text.strip()
 
+    def read_image(self, name) -> PIL.Image.Image:
+        path = self.image_dir / str(name)
+        return decode_image(str(path), str(path))
+
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
         caption = self.read_caption(entry)
-        path = self.image_dir / entry["image"]
-        return {"caption": caption, "image": decode_image(str(path), str(path)), "key": str(entry["image"])}
+        return {"caption": caption, "image": self.read_image(entry["image"]), "key": str(entry["image"])}
+
+
+def cached_task(metadata: dict) -> str:
+    """What a latent shard was extracted for (`extract-latents --task`); shards from before edits were cached hold
+    text-to-image samples."""
+    return metadata.get("task", "text2image")
+
+
+def shard_layout(metadata: dict, keys) -> tuple[str, tuple[str, ...]]:
+    """(the metadata key of a shard's texts, the tensors each of its samples has): `latents.{i}` and the captions
+    for text-to-image; for image-to-image also `source.{i}` (pixels) or `source_features.{i}`, and the
+    instructions."""
+    if cached_task(metadata) == "text2image":
+        return "captions", ("latents",)
+    source = "source_features" if any(key.startswith("source_features.") for key in keys) else "source"
+    return "instructions", ("latents", source)
 
 
 def shard_problem(path: Path) -> str | None:
@@ -90,17 +124,19 @@ def shard_problem(path: Path) -> str | None:
     try:
         with safe_open(path, framework="pt") as reader:
             metadata = reader.metadata() or {}
-            keys = set(reader.keys())
-            shapes = {tuple(reader.get_slice(key).get_shape()) for key in keys}
-        captions = json.loads(metadata["captions"])
+            shapes = {key: tuple(reader.get_slice(key).get_shape()) for key in reader.keys()}
+        texts_key, names = shard_layout(metadata, shapes)
+        texts = json.loads(metadata[texts_key])
     except Exception as error:  # safetensors raises its own error types; a header without our metadata
         return f"unreadable: {reason(error, 120)}"
-    if not isinstance(captions, list) or keys != {f"latents.{i}" for i in range(len(captions))}:
-        return f"{len(keys)} latents for {len(captions) if isinstance(captions, list) else '?'} captions"
-    if not captions:
+    if not isinstance(texts, list) or set(shapes) != {f"{name}.{i}" for name in names for i in range(len(texts))}:
+        return f"{len(shapes)} tensors for {len(texts) if isinstance(texts, list) else '?'} {texts_key}"
+    if not texts:
         return "no samples"
-    if len(shapes) > 1:
-        return f"latents of several sizes {sorted(shapes)}"
+    for name in names:
+        sizes = {shape for key, shape in shapes.items() if key.rsplit(".", 1)[0] == name}
+        if len(sizes) > 1:
+            return f"{name} of several sizes {sorted(sizes)}"
     return None
 
 
@@ -115,6 +151,8 @@ class CachedLatents:
     """Latent shards written by `openuni extract-latents`: tensors `latents.{i}` + captions in the metadata. A torn
     or inconsistent shard is refused when the folder is opened, not when training reaches it."""
 
+    task = TEXT_TO_IMAGE
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         shards = sorted(self.path.glob(LATENT_SHARD_GLOB))
@@ -125,7 +163,11 @@ class CachedLatents:
         for shard in shards:
             check_shard(shard)
             with safe_open(shard, framework="pt") as reader:
-                captions = json.loads(reader.metadata()["captions"])
+                metadata = reader.metadata()
+            if cached_task(metadata) != "text2image":
+                raise OpenUniError(f"{shard} holds {cached_task(metadata)} samples (source images and target "
+                                   f"latents): give this source `task: {cached_task(metadata)}`")
+            captions = json.loads(metadata["captions"])
             self.captions[shard] = captions
             self.index.extend((shard, i) for i in range(len(captions)))
         if not self.index:
@@ -179,6 +221,8 @@ def webdataset_sample(raw: dict, caption_key: str) -> dict:
 class WebDatasetShards:
     """Tar shards read in order; `records(shards)` yields raw records, skipping (and counting) broken tar members."""
 
+    task = TEXT_TO_IMAGE
+
     def __init__(self, urls: str | list[str], caption_key: str = "caption"):
         self.shards = expand_shards(urls)
         # webdataset's handler would skip a missing file as one more broken record, and a stream of nothing but
@@ -205,12 +249,17 @@ class WebDatasetShards:
         return webdataset_sample(raw, self.caption_key)
 
 
-def open_source(kind: str, path: str, **options):
-    """The reader for one configured data source."""
-    if kind == "json":
-        return JsonImageFolder(path, **options)
-    if kind == "latents":
-        return CachedLatents(path, **options)
-    if kind == "webdataset":
-        return WebDatasetShards(path, **options)
-    raise OpenUniError(f"unknown data source kind {kind!r}; use json, webdataset or latents")
+def open_source(kind: str, path: str, task: str = "text2image", **options):
+    """The reader for one configured data source: `kind` is its layout, `task` what it trains (text2image, edit
+    pairs, or reconstruction of its images)."""
+    if task == "text2image":
+        readers = dict(json=JsonImageFolder, latents=CachedLatents, webdataset=WebDatasetShards)
+    elif task in ("edit", "reconstruct"):
+        from . import edit_sources
+
+        readers = edit_sources.READERS[task]
+    else:
+        raise OpenUniError(f"unknown task {task!r}; use text2image, edit or reconstruct")
+    if kind not in readers:
+        raise OpenUniError(f"unknown data source kind {kind!r}; use json, webdataset or latents")
+    return readers[kind](path, **options)

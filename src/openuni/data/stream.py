@@ -5,6 +5,11 @@ Global sample `g` of step `s` is `s * G + a * (W * B) + r * B + j` for accumulat
 source, its item, its crop, caption dropout, noise and timestep) is drawn from generators seeded by `(seed, g)`,
 so one process with batch 2B and two processes with batch B see the same samples, and a resumed run sees exactly
 what the uninterrupted one would have from its step on.
+
+Sources of different tasks (text-to-image, image-to-image) are mixed step by step: each optimisation step draws one
+task from `(seed, s)`, with probability the task's share of the ratios, and all of that step's samples come from
+that task's sources. So every micro-batch holds one task, as with the reference's one-source-per-batch sampler,
+whatever the batch size, accumulation or process count.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import OpenUniError
-from .images import BadSample, crop_to, to_pixels
-from .sources import WebDatasetShards
+from .images import BadSample, crop_to, resize_to, to_pixels
+from .sources import TEXT_TO_IMAGE, WebDatasetShards
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +67,22 @@ class StreamLayout:
                 yield from range(base, base + b)
 
 
+def cumulative_shares(weights: list[float]) -> list[float]:
+    total = float(sum(weights))
+    return list(itertools.accumulate(w / total for w in weights))
+
+
+def pick(edges: list[float], draw: float) -> int:
+    return next((j for j, edge in enumerate(edges) if draw < edge), len(edges) - 1)
+
+
 class SampleStream(IterableDataset):
     """Samples for one rank from `start_step` on; `sources` are (reader, ratio) pairs mixed by the ratios.
 
-    Yields dicts with `index`, `caption`, `pixels` [3, H, W] in [-1, 1] or `latents`, and `skipped` (unusable
-    samples passed over to find this one). Works with DataLoader workers (`batch_size=None`): worker k of K takes
-    every K-th sample, and the loader's round-robin restores the order.
+    Yields dicts with `index`, `task`, `caption` (text-to-image) or `instruction` and `source_pixels` or
+    `source_features` (image-to-image), `pixels` [3, H, W] in [-1, 1] or `latents` (the target), and `skipped`
+    (unusable samples passed over to find this one). Works with DataLoader workers (`batch_size=None`): worker k of
+    K takes every K-th sample, and the loader's round-robin restores the order.
     """
 
     def __init__(self, sources: list, ratios: list[float], layout: StreamLayout, start_step: int = 0,
@@ -77,17 +92,29 @@ class SampleStream(IterableDataset):
         if any(r <= 0 for r in ratios):
             raise OpenUniError(f"data ratios must be positive, got {ratios}")
         self.sources, self.layout, self.start_step = sources, layout, start_step
-        total = float(sum(ratios))
-        self.cumulative = list(itertools.accumulate(r / total for r in ratios))
+        tasks = list(dict.fromkeys(getattr(s, "task", TEXT_TO_IMAGE) for s in sources))
+        self.task_sources = [[j for j, s in enumerate(sources) if getattr(s, "task", TEXT_TO_IMAGE) == task]
+                             for task in tasks]
+        self.task_edges = cumulative_shares([sum(ratios[j] for j in members) for members in self.task_sources])
+        self.source_edges = [cumulative_shares([ratios[j] for j in members]) for members in self.task_sources]
         self.resolution, self.buckets = resolution, buckets
         self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # source -> (epoch, item order)
         self._known_bad: set[tuple[int, int]] = set()  # logged once, counted every time they are passed over
 
-    def choose_source(self, index: int) -> int:
-        if len(self.sources) == 1:
+    def choose_task(self, index: int) -> int:
+        """The task of the step sample `index` belongs to (an index into `task_sources`)."""
+        if len(self.task_sources) == 1:
             return 0
+        draw = sample_rng(self.layout.seed, index // self.layout.global_batch, "task").random()
+        return pick(self.task_edges, draw)
+
+    def choose_source(self, index: int) -> int:
+        task = self.choose_task(index)
+        members = self.task_sources[task]
+        if len(members) == 1:
+            return members[0]
         draw = sample_rng(self.layout.seed, index, "source").random()
-        return next((j for j, edge in enumerate(self.cumulative) if draw < edge), len(self.sources) - 1)
+        return members[pick(self.source_edges[task], draw)]
 
     def target_size(self, index: int) -> tuple[int, int]:
         """(height, width): square, or the aspect bucket drawn for this sample's micro-batch (all its samples share it)."""
@@ -97,9 +124,18 @@ class SampleStream(IterableDataset):
         return self.buckets[sample_rng(self.layout.seed, micro_batch, "bucket").randrange(len(self.buckets))]
 
     def finish(self, sample: dict, index: int) -> dict:
-        if "latents" not in sample:
-            height, width = self.target_size(index)
-            sample["pixels"] = to_pixels(crop_to(sample.pop("image"), height, width, sample_rng(self.layout.seed, index, "crop")))
+        """Images to training pixels: `pixels` (the target) and, for image-to-image, `source_pixels`."""
+        sample.setdefault("task", TEXT_TO_IMAGE)
+        height, width = self.target_size(index)
+        crop_rng = sample_rng(self.layout.seed, index, "crop")
+        if "image" in sample:  # text-to-image: a random crop, resized
+            sample["pixels"] = to_pixels(crop_to(sample.pop("image"), height, width, crop_rng))
+        elif "target" in sample:  # an edit pair: both resized to the training size, not cropped (ImageEditDataset)
+            sample["source_pixels"] = to_pixels(resize_to(sample.pop("source"), height, width))
+            sample["pixels"] = to_pixels(resize_to(sample.pop("target"), height, width))
+        elif "source" in sample:  # reconstruction: one random crop is the source and the target (ReconstructDataset)
+            crop = crop_to(sample.pop("source"), height, width, crop_rng)
+            sample["pixels"] = sample["source_pixels"] = to_pixels(crop)
         sample["index"] = index
         return sample
 

@@ -22,6 +22,9 @@ from ..sampling import MAX_SEED, MAX_STEPS
 from ..variants import STAGES, VARIANTS
 
 
+TASKS = ("text2image", "edit", "reconstruct")
+
+
 @dataclass
 class DataSource:
     kind: str = "json"  # json (the reference's layout) | webdataset | latents
@@ -29,7 +32,8 @@ class DataSource:
     ratio: float = 1.0
     image_dir: str | None = None  # json: images folder (default: the index file's folder)
     annotation_dir: str | None = None  # json: caption files folder (default: image_dir)
-    caption_key: str = "caption"  # json/webdataset: key of the caption in .json annotations
+    caption_key: str = "caption"  # json/webdataset: key of the caption (or edit instruction) in .json annotations
+    task: str | None = None  # text2image | edit (instruction pairs) | reconstruct (its images); None: the run's task
 
 
 @dataclass
@@ -46,6 +50,7 @@ class TrainConfig:
     connector_heads: int | None = None
     connector: dict | None = None  # geometry of a fresh connector other than the variant's
     # data
+    task: str = "text2image"  # the task of data sources that name none (text2image | edit | reconstruct)
     data: list[DataSource] = field(default_factory=list)
     resolution: int = 512
     aspect_buckets: bool = False
@@ -80,6 +85,7 @@ class TrainConfig:
     sample_every: int = 0  # 0: no sample images
     sample_prompts: list[str] = field(default_factory=lambda: ["a photo of a cat", "a red cube on a blue sphere"])
     sample_steps: int = 20
+    sample_edits: list[dict] = field(default_factory=list)  # [{image: PATH, instruction: TEXT}] edited in the grid
 
     def check(self) -> None:
         """The whole config, before anything is loaded: a bad setting must not surface at the first sample step (or
@@ -90,9 +96,11 @@ class TrainConfig:
             raise OpenUniError("no training data: set `data` in the config (see docs/training.md)")
         for i, source in enumerate(self.data):
             if source.kind not in ("json", "webdataset", "latents") or not source.path:
-                raise OpenUniError(f"data.{i}: needs kind json|webdataset|latents and a path, got {source}")
+                raise OpenUniError(f"data.{i}: needs kind json|webdataset|latents and a path (data.{i}.path=...), "
+                                   f"got {source}")
             if not (math.isfinite(source.ratio) and source.ratio > 0):
                 raise OpenUniError(f"data.{i}.ratio must be a positive number, got {source.ratio}")
+        self.check_tasks()
         self.check_counts()
         self.check_rates()
         if self.resolution <= 0 or self.resolution % 32:
@@ -108,6 +116,18 @@ class TrainConfig:
             raise OpenUniError(f"sample_prompts must be non-empty texts, got {bad_prompts[0]!r}")
         check_writable(self.output_dir, "output_dir", folder=True)
         self.check_cached_latents()
+
+    def check_tasks(self) -> None:
+        if self.task not in TASKS:
+            raise OpenUniError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for i, source in enumerate(self.data):
+            if source.task not in (None, *TASKS):
+                raise OpenUniError(f"data.{i}.task must be one of {', '.join(TASKS)}, got {source.task!r}")
+        for i, edit in enumerate(self.sample_edits):
+            if not (isinstance(edit, dict) and set(edit) == {"image", "instruction"}
+                    and all(isinstance(v, str) and v.strip() for v in edit.values())):
+                raise OpenUniError(f"sample_edits.{i} must be {{image: PATH, instruction: TEXT}}, both non-empty, "
+                                   f"got {edit!r}")
 
     def check_counts(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -167,6 +187,11 @@ def check_range(name: str, value: float, low: float, high: float, open_low: bool
 # pretraining and 8 in finetuning. The reference trains on 16 (B/L-512) or 32 (L-1024) GPUs in pretraining, 8 in
 # finetuning: with fewer GPUs raise grad_accum to keep the global batch.
 REFERENCE_BATCH = {("pretrain", 512): 32, ("pretrain", 1024): 16, ("finetune", 512): 32, ("finetune", 1024): 8}
+# Image-to-image: the reference's reconstruction pretraining (configs/datasets/internvl3_1b_512/
+# megalith10m_reconstruct.py) takes 16 per GPU at 512 px, half its text-to-image batch (an edit sample has the 256
+# source image tokens in the LLM and an InternViT pass on top). It has no 1024 px or instruction-edit config: we
+# halve again at 1024 px and keep 16 / 8 for instruction finetuning.
+REFERENCE_EDIT_BATCH = {512: 16, 1024: 8}
 
 
 def require_packages(wanted: dict[str, bool]) -> None:
@@ -196,8 +221,21 @@ def _preset(variant: str, stage: str) -> dict:
                 checkpoint_every=1000 if resolution < 1024 else 2000)
 
 
+def _edit_preset(variant: str, stage: str) -> dict:
+    """Image-to-image stages: the text-to-image stage's hyper-parameters (the reference's image2image10m config
+    differs from its text2image23m one only in data and batch), with the edit batch and the stage's task."""
+    resolution = VARIANTS[variant].resolution
+    values = dict(_preset(variant, stage), output_dir=f"runs/{stage}-edit-{variant}",
+                  batch_size=REFERENCE_EDIT_BATCH[resolution])
+    # pretrain: reconstruction of images (ReconstructDataset), a fresh connector as the reference's config;
+    # finetune: instruction-edit pairs, from the released pretrained weights unless init_checkpoint says otherwise.
+    return dict(values, task="reconstruct" if stage == "pretrain" else "edit")
+
+
 PRESETS = {f"{stage}-{name.removeprefix('openuni-')}": _preset(name, stage)
            for stage in ("pretrain", "finetune") for name in VARIANTS}
+PRESETS.update({f"{stage}-edit-{name.removeprefix('openuni-')}": _edit_preset(name, stage)
+                for stage in ("pretrain", "finetune") for name in VARIANTS})
 
 
 def parse_value(text: str):
@@ -306,5 +344,7 @@ def from_dict(values: dict) -> TrainConfig:
         data.append(DataSource(**typed_values(DataSource, entry, f"data.{i}.")))
     values = {**typed_values(TrainConfig, {k: v for k, v in values.items() if k != "data"}), "data": data}
     config = TrainConfig(**values)
+    for source in config.data:  # sources that name no task take the run's (the preset's) one
+        source.task = source.task or config.task
     config.check()
     return config

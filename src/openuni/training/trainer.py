@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.collate import stack_latents, tokenize_prompts, training_prompts
+from ..data.collate import stack_latents, tokenize_edit_prompts, tokenize_prompts, training_prompts
 from ..data.images import aspect_buckets
-from ..data.sources import open_source
+from ..data.sources import TEXT_TO_IMAGE, open_source
 from ..data.stream import SampleStream, StreamLayout, sample_generator
 from ..devices import cpu_only
 from ..errors import OpenUniError
 from ..loading import Components, load_components
 from ..model import OpenUni
+from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
 from .model import configure_trainable, merge_lora, training_scheduler
@@ -65,7 +66,9 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
         )
         self.output_dir = Path(config.output_dir)
-        self.sources = [open_source(s.kind, s.path, **self.source_options(s)) for s in config.data]
+        self.sources = [open_source(s.kind, s.path, s.task or config.task, **self.source_options(s))
+                        for s in config.data]
+        self.sample_edits = load_sample_edits(config.sample_edits)
         parts = load_training_components(config, self.accelerator.device)
         self.tokenizer, self.sampling_scheduler = parts.tokenizer, parts.scheduler
         self.model = OpenUni(parts.mllm, parts.connector, parts.transformer, parts.vae,
@@ -123,23 +126,57 @@ class Trainer:
         return {}
 
     def micro_batches(self, loader):
+        """Micro-batches of `batch_size` samples, each of one task (the stream draws one task per step)."""
         batch = []
         for sample in loader:
             batch.append(sample)
             if len(batch) == self.config.batch_size:
+                tasks = {s["task"] for s in batch}
+                if len(tasks) > 1:
+                    raise RuntimeError(f"a micro-batch mixes the tasks {sorted(tasks)}: the sample stream is broken")
+                self.step_task = batch[0]["task"]  # (all micro-batches of a step share it)
                 yield batch
                 batch = []
 
     def model_inputs(self, samples: list[dict]) -> dict:
+        """The forward's inputs for a micro-batch of one task; the inputs it holds choose the loss (text-to-image
+        prompts, or edit prompts with their sources)."""
         config, device = self.config, self.accelerator.device
         indices = [s["index"] for s in samples]
-        prompts = training_prompts([s["caption"] for s in samples], indices, config.seed, config.caption_dropout)
-        input_ids, attention_mask = tokenize_prompts(self.tokenizer, prompts, config.max_prompt_tokens)
+        if samples[0]["task"] == TEXT_TO_IMAGE:
+            inputs = self.text_inputs(samples)
+        else:
+            inputs = self.edit_inputs(samples)
         with torch.no_grad():
             latents = stack_latents(samples, lambda pixels: self.model.pixels_to_latents(pixels.to(device))).to(device)
         noise, u = batch_noise(indices, latents, config.seed)
-        return dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), latents=latents,
-                    noise=noise, u=u)
+        return dict(inputs, latents=latents, noise=noise, u=u)
+
+    def text_inputs(self, samples: list[dict]) -> dict:
+        config, device = self.config, self.accelerator.device
+        prompts = training_prompts([s["caption"] for s in samples], [s["index"] for s in samples], config.seed,
+                                   config.caption_dropout)
+        input_ids, attention_mask = tokenize_prompts(self.tokenizer, prompts, config.max_prompt_tokens)
+        return dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+
+    def edit_inputs(self, samples: list[dict]) -> dict:
+        """Edit prompts (left-padded; no caption dropout, as the reference's edit datasets) and the sources: as
+        pixels, or as InternViT features when any sample brings cached ones."""
+        device, model = self.accelerator.device, self.model
+        input_ids, attention_mask = tokenize_edit_prompts(self.tokenizer, [s["instruction"] for s in samples],
+                                                          model.num_image_tokens, self.config.max_prompt_tokens)
+        inputs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                      max_length=MAX_EDIT_SEQUENCE_TOKENS)
+        if all("source_pixels" in s for s in samples):
+            return dict(inputs, source_pixels=torch.stack([s["source_pixels"] for s in samples]).to(device))
+        features = []
+        for sample in samples:
+            if "source_features" in sample:
+                features.append(check_cached_features(sample, model).to(device))
+            else:
+                with torch.no_grad():
+                    features.append(model.semantic_features(sample["source_pixels"][None].to(device))[0])
+        return dict(inputs, source_features=torch.stack([f.float() for f in features]))
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
@@ -245,8 +282,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.1f}", skipped=self.skipped_samples)
             if self.step % config.log_every == 0:
-                acc.log({"loss": loss, "lr": lr, "images_per_second": images_per_second,
-                         "skipped_samples": self.skipped_samples}, step=self.step)
+                acc.log({"loss": loss, f"loss_{self.step_task}": loss, "lr": lr,  # loss_text2image / loss_image2image
+                         "images_per_second": images_per_second, "skipped_samples": self.skipped_samples},
+                        step=self.step)
             if config.sample_every and self.step % config.sample_every == 0:
                 self.write_samples()
             if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
@@ -262,26 +300,51 @@ class Trainer:
     def write_samples(self) -> None:
         """A grid of the sample prompts at this step, saved and sent to TensorBoard (main process). It generates
         with the live model in eval mode, then restores every module's mode: training goes on exactly as before."""
+        import PIL.Image
+
         from ..files import save_image_atomically
         from ..images import image_grid
         from ..pipeline import OpenUniPipeline
 
-        if not self.accelerator.is_main_process or not self.config.sample_prompts:
+        if not self.accelerator.is_main_process or not (self.config.sample_prompts or self.sample_edits):
             return
         model = self.accelerator.unwrap_model(self.wrapped)
         scheduler = type(self.sampling_scheduler).from_config(self.sampling_scheduler.config)
         pipe = OpenUniPipeline.from_model(model, self.tokenizer, scheduler)
         pipe.set_progress_bar_config(disable=True)
         size = self.config.resolution
+        options = dict(height=size, width=size, num_inference_steps=self.config.sample_steps, seed=0, output_type="pil")
         with evaluating(model.mllm, model.connector, model.transformer, model.vae), self.accelerator.autocast():
-            images = pipe(self.config.sample_prompts, height=size, width=size, num_inference_steps=self.config.sample_steps,
-                          seed=0, output_type="pil").images
-        save_image_atomically(image_grid(images), self.output_dir / "samples" / f"step-{self.step:08d}.png")
+            images = pipe(self.config.sample_prompts, **options).images if self.config.sample_prompts else []
+            if self.sample_edits:  # each fixed source beside its edit, two to a row
+                sources = [source for source, _ in self.sample_edits]
+                edited = pipe.edit(sources, [instruction for _, instruction in self.sample_edits], **options).images
+                images += [image for source, result in zip(sources, edited)
+                           for image in (source.resize((size, size), PIL.Image.BICUBIC), result)]
+        grid = image_grid(images, columns=2 if self.sample_edits else None)
+        save_image_atomically(grid, self.output_dir / "samples" / f"step-{self.step:08d}.png")
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 import numpy as np
 
                 tracker.writer.add_images("samples", np.stack([np.asarray(i) for i in images]), self.step, dataformats="NHWC")
+
+
+def load_sample_edits(sample_edits: list[dict]) -> list[tuple]:
+    """The fixed sources of the sample grid's edits, read (and checked) before the model loads."""
+    from ..images import load_image
+
+    return [(load_image(edit["image"]), edit["instruction"]) for edit in sample_edits]
+
+
+def check_cached_features(sample: dict, model: OpenUni) -> torch.Tensor:
+    """Cached InternViT features must be this MLLM's: as many tokens per image, as wide as its LLM."""
+    features = sample["source_features"]
+    expected = (model.num_image_tokens, model.language_model.config.hidden_size)
+    if tuple(features.shape) != expected:
+        raise OpenUniError(f"cached source features {sample['key']} are {tuple(features.shape)}, this MLLM takes "
+                           f"{expected}: extract them again with this run's --mllm")
+    return features
 
 
 @contextmanager
