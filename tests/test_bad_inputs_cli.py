@@ -196,10 +196,10 @@ EVAL_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("benchmark, prompts, flags, message", EVAL_ROWS)
-def test_eval_refuses_before_loading(capsys, work, benchmark, prompts, flags, message):
+@pytest.mark.parametrize("suite, prompts, flags, message", EVAL_ROWS)
+def test_eval_refuses_before_loading(capsys, work, suite, prompts, flags, message):
     files = benchmark_prompts(work)
-    refused(capsys, ["eval", benchmark, "-o", work / "run", "--prompts", files[prompts], *flags, *NO_MODEL],
+    refused(capsys, ["eval", suite, "-o", work / "run", "--prompts", files[prompts], *flags, *NO_MODEL],
             message, work)
 
 
