@@ -120,35 +120,12 @@ def test_export_loads_in_the_pipeline_and_as_a_release_checkpoint(tiny, data, tm
 
 def test_a_real_kill_mid_run_resumes_onto_the_uninterrupted_curve(tiny, data, tmp_path):
     """SIGKILL a training process right after a checkpoint appears; resuming gives the uninterrupted losses."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import yaml
-
-    from openuni.training import checkpointing
     from openuni.training.trainer import Trainer
-    from training_helpers import tiny_train_values
+    from training_helpers import train_until_killed
 
     settings = dict(max_steps=60, checkpoint_every=3, keep_checkpoints=2)
     killed_dir = tmp_path / "killed"
-    config_file = tmp_path / "train.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_train_values(tiny, data, killed_dir, **settings)))
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "openuni.cli", "train", str(config_file)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not checkpointing.complete_checkpoints(killed_dir) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed_dir / "final").exists()
-    killed_at = checkpointing.read_trainer_state(checkpointing.complete_checkpoints(killed_dir)[-1])["step"]
+    killed_at = train_until_killed(tiny, data, killed_dir, tmp_path / "train.yaml", 120, **settings)
     assert killed_at < settings["max_steps"]
 
     uninterrupted = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", **settings)).run()
