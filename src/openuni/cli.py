@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openuni {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"openuni {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
+        # (commands that write files keep what they finished; others, like chat, say so themselves)
+        message = getattr(args, "interrupted", "interrupted; finished outputs are kept")
+        print(f"\nopenuni {args.command}: {message}", file=sys.stderr)
         return 130
 
 
