@@ -77,7 +77,8 @@ def test_make_tiny_prints_a_train_command_that_works_as_printed(tmp_path, capsys
     from openuni.training import checkpointing
 
     assert run_cli("make-tiny", tmp_path / "tiny") == 0
-    printed = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("openuni train")]
+    out = capsys.readouterr().out
+    printed = [line.strip() for line in out.splitlines() if line.strip().startswith("openuni train")]
     assert len(printed) == 1, printed
     command = shlex.split(printed[0])[1:]
     assert run_cli(*command, "max_steps=2", "checkpoint_every=2") == 0, capsys.readouterr().err
