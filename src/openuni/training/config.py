@@ -87,12 +87,12 @@ class TrainConfig:
     sample_steps: int = 20
     sample_edits: list[dict] = field(default_factory=list)  # [{image: PATH, instruction: TEXT}] edited in the grid
 
-    def check(self) -> None:
+    def check(self, require_data: bool = True) -> None:
         """The whole config, before anything is loaded: a bad setting must not surface at the first sample step (or
-        never), nor as a traceback of the library that reads it."""
+        never), nor as a traceback of the library that reads it. (`require_data=False`: a preset shown as it is.)"""
         if self.variant not in VARIANTS:
             raise OpenUniError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
-        if not self.data:
+        if not self.data and require_data:
             raise OpenUniError("no training data: set `data` in the config (see docs/training.md)")
         for i, source in enumerate(self.data):
             if source.kind not in ("json", "webdataset", "latents") or not source.path:
@@ -267,7 +267,7 @@ def apply_override(values: dict, key: str, value) -> None:
     target[parts[-1]] = value
 
 
-def build_config(source: str, overrides: list[str]) -> TrainConfig:
+def build_config(source: str, overrides: list[str], require_data: bool = True) -> TrainConfig:
     """A preset name or a YAML file, then the `key=value` overrides, checked."""
     if source in PRESETS:
         values = dict(PRESETS[source])
@@ -292,7 +292,7 @@ def build_config(source: str, overrides: list[str]) -> TrainConfig:
         if not sep or not key:
             raise OpenUniError(f"override {override!r} is not key=value")
         apply_override(values, key.strip(), parse_value(text))
-    return from_dict(values)
+    return from_dict(values, require_data)
 
 
 def typed_value(name: str, value, annotation):
@@ -330,7 +330,7 @@ def typed_values(cls, values: dict, prefix: str = "") -> dict:
     return {key: typed_value(prefix + key, value, hints[key]) for key, value in values.items()}
 
 
-def from_dict(values: dict) -> TrainConfig:
+def from_dict(values: dict, require_data: bool = True) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -346,5 +346,5 @@ def from_dict(values: dict) -> TrainConfig:
     config = TrainConfig(**values)
     for source in config.data:  # sources that name no task take the run's (the preset's) one
         source.task = source.task or config.task
-    config.check()
+    config.check(require_data)
     return config
