@@ -199,7 +199,7 @@ def require_packages(wanted: dict[str, bool]) -> None:
     would otherwise be an ImportError deep inside the run."""
     missing = [name for name, needed in wanted.items() if needed and importlib.util.find_spec(name) is None]
     if missing:
-        raise OpenUniError(f"this needs {', '.join(missing)}: pip install 'openuni[train]'"
+        raise OpenUniError(f"this needs {', '.join(missing)}: pip install -e '.[train]'"
                            + (" wandb" if "wandb" in missing else ""))
 
 
