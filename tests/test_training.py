@@ -208,7 +208,7 @@ def test_a_missing_optional_package_is_a_clear_error_before_anything_loads(tiny,
     monkeypatch.setitem(sys.modules, package, None)  # what a plain `pip install openuni` (no [train] extra) has
     if package == "tensorboard":
         monkeypatch.setitem(sys.modules, "tensorboardX", None)
-    with pytest.raises(OpenUniError, match=rf"needs {package}: pip install 'openuni\[train\]'"):
+    with pytest.raises(OpenUniError, match=rf"needs {package}: pip install -e '\.\[train\]'"):
         Trainer(tiny_train_config(tiny, data, tmp_path, **setting))
 
 
