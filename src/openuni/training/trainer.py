@@ -17,13 +17,13 @@ from ..data.collate import stack_latents, tokenize_edit_prompts, tokenize_prompt
 from ..data.images import aspect_buckets
 from ..data.sources import TEXT_TO_IMAGE, open_source
 from ..data.stream import SampleStream, StreamLayout, sample_generator
-from ..devices import cpu_only
 from ..errors import OpenUniError
 from ..loading import Components, load_components
 from ..model import OpenUni
 from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
+from .engines import FSDP, check_resumable, engine_accelerator, running_engine
 from .model import configure_trainable, merge_lora, training_scheduler
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -52,23 +52,27 @@ def batch_noise(indices: list[int], latents: torch.Tensor, seed: int) -> tuple[t
 
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None):
-        from accelerate import Accelerator
-        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
         require_training_packages(config)
         self.config = config
         log_with = None if str(config.log_with).lower() in ("none", "") else config.log_with
-        self.accelerator = accelerator or Accelerator(
-            cpu=cpu_only(),
+        # The engine is the one `accelerate launch` was asked for (DDP, FSDP2, DeepSpeed), on GPUs and CPUs alike.
+        self.accelerator = accelerator or engine_accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False),
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
         )
+        self.engine = running_engine(self.accelerator)
+        self.refuse_sampling_on_sharded_weights()
         self.output_dir = Path(config.output_dir)
         self.sources = [open_source(s.kind, s.path, s.task or config.task, **self.source_options(s))
                         for s in config.data]
         self.sample_edits = load_sample_edits(config.sample_edits)
+        # Everything drawn from the global generators (a fresh connector, LoRA's initial adapters) is a function of
+        # the seed, the same on every process; data order, caption dropout and noise have their own per-sample draws.
+        set_seed(config.seed)
         parts = load_training_components(config, self.accelerator.device)
         self.tokenizer, self.sampling_scheduler = parts.tokenizer, parts.scheduler
         self.model = OpenUni(parts.mllm, parts.connector, parts.transformer, parts.vae,
@@ -89,6 +93,17 @@ class Trainer:
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
+
+    def refuse_sampling_on_sharded_weights(self) -> None:
+        """Sample grids generate on the main process with the whole model: under FSDP and ZeRO-3 it holds a shard."""
+        sampling = self.config.sample_every and (self.config.sample_prompts or self.config.sample_edits)
+        plugin = self.accelerator.state.deepspeed_plugin
+        zero3 = plugin is not None and plugin.zero_stage == 3
+        if sampling and (self.engine == FSDP or zero3):
+            raise OpenUniError(f"sample_every needs the whole model on the main process, which "
+                               f"{'FSDP' if self.engine == FSDP else 'DeepSpeed ZeRO-3'} shards: set sample_every=0 "
+                               f"(and sample from the exported pipeline), or train with configs/accelerate/ddp.yaml or "
+                               f"deepspeed_zero2.yaml")
 
     def fill_deepspeed_config(self) -> None:
         """What accelerate needs from us under DeepSpeed: we prepare no DataLoader for it to read the batch size
@@ -181,7 +196,10 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        found = checkpointing.resolve_resume(self.config.resume, self.output_dir)
+        acc = self.accelerator
+        # One decision, the main process's, checked by every process (a process that cannot read it stops all).
+        found = checkpointing.agreed_resume(acc, self.config.resume, self.output_dir,
+                                            check=lambda path: check_resumable(path, self.engine, acc.num_processes))
         if found is None:
             return
         state = checkpointing.read_trainer_state(found)
