@@ -269,3 +269,34 @@ def test_sampling_during_training_changes_nothing_of_the_run(tiny, data, tmp_pat
     # sampling allocates (allocating as many unrelated tensors instead moves the LoRA run's third loss by 1 ulp too).
     torch.testing.assert_close(torch.tensor(sampled, dtype=torch.float64), torch.tensor(plain, dtype=torch.float64),
                                rtol=1e-6, atol=0)
+
+
+FRESH_TINY_CONNECTOR = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_queries=8)
+
+
+def test_fresh_connector_and_lora_init_are_functions_of_the_seed(tiny, data, tmp_path):
+    from openuni.checkpoints import read_state_dict
+    from openuni.training.trainer import Trainer
+
+    def exported(name: str, seed: int) -> dict[str, torch.Tensor]:
+        reset_accelerate()
+        Trainer(tiny_train_config(tiny, data, tmp_path / name, max_steps=1, seed=seed, init_checkpoint="none",
+                                  connector=FRESH_TINY_CONNECTOR)).run()
+        return read_state_dict(tmp_path / name / "final" / "openuni.pth")
+
+    first, again, other = exported("first", 3), exported("again", 3), exported("other", 4)
+    assert set(first) == set(again) and any(k.endswith("meta_queries") for k in first)
+    for key in first:
+        assert torch.equal(first[key], again[key]), key  # same seed, same machine: the same bytes
+    assert max((first[k] - other[k]).abs().max().item() for k in first) > 1e-2  # another seed, another connector
+
+    def lora_init(seed: int) -> dict[str, torch.Tensor]:
+        reset_accelerate()
+        trainer = Trainer(tiny_train_config(tiny, data, tmp_path / f"lora-{seed}", seed=seed, lora_rank=4,
+                                            train_transformer=True))
+        return {k: p.detach().clone() for k, p in trainer.model.transformer.named_parameters() if "lora_" in k}
+
+    a, b, c = lora_init(5), lora_init(5), lora_init(6)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
