@@ -23,7 +23,8 @@ from ..model import OpenUni
 from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
-from .engines import FSDP, check_resumable, engine_accelerator, running_engine
+from .checkpoint_files import check_checkpoint_files, safe_deepspeed_loading
+from .engines import DEEPSPEED, FSDP, check_resumable, engine_accelerator, running_engine
 from .model import configure_trainable, merge_lora, training_scheduler
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -88,8 +89,10 @@ class Trainer:
                                                config.warmup_start_factor)
         self.fill_deepspeed_config()
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        # Stepped once per optimisation step by us (accelerate would step a prepared one once per process).
-        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+        # The LR scheduler is stepped once per optimisation step by us (accelerate would step a prepared one once
+        # per process) and saved in trainer_state.json: registered with accelerate it would be a pickle.
+        if self.engine == DEEPSPEED:
+            safe_deepspeed_loading(self.wrapped)
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
@@ -198,16 +201,24 @@ class Trainer:
     def resume(self) -> None:
         acc = self.accelerator
         # One decision, the main process's, checked by every process (a process that cannot read it stops all).
-        found = checkpointing.agreed_resume(acc, self.config.resume, self.output_dir,
-                                            check=lambda path: check_resumable(path, self.engine, acc.num_processes))
+        found = checkpointing.agreed_resume(acc, self.config.resume, self.output_dir, check=self.check_resumable)
         if found is None:
             return
         state = checkpointing.read_trainer_state(found)
         self.warn_about_changed_data_settings(state)
         self.accelerator.load_state(str(found))
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
         self.losses = state.get("losses", [])
         self.accelerator.print(f"resumed from {found} at step {self.step}")
+
+    def check_resumable(self, checkpoint: Path) -> None:
+        """This engine and process count can resume `checkpoint`, which holds only trusted, whole files."""
+        check_resumable(checkpoint, self.engine, self.accelerator.num_processes)
+        check_checkpoint_files(checkpoint, self.engine)
+        if "lr_scheduler" not in checkpointing.read_trainer_state(checkpoint):
+            raise OpenUniError(f"{checkpoint / checkpointing.STATE_FILE} has no lr_scheduler state: it was not written "
+                               "by this version of openuni")
 
     def warn_about_changed_data_settings(self, state: dict) -> None:
         """The data position is the step, read with the checkpoint's seed, data and global batch: with other ones
@@ -227,7 +238,8 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
-                                                            losses=self.losses, config=self.saved_config()))
+                                                            losses=self.losses, config=self.saved_config(),
+                                                            lr_scheduler=self.lr_scheduler.state_dict()))
             checkpointing.publish(self.output_dir, self.step, self.config.keep_checkpoints)
         acc.wait_for_everyone()
 
