@@ -300,3 +300,38 @@ def test_fresh_connector_and_lora_init_are_functions_of_the_seed(tiny, data, tmp
     a, b, c = lora_init(5), lora_init(5), lora_init(6)
     assert a and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("setting", [dict(train_transformer=False), dict(train_transformer=True, lora_rank=2)],
+                         ids=["pretrain", "lora"])
+def test_checkpoints_hold_only_what_trains_and_resume_onto_the_same_run(tiny, data, tmp_path, setting):
+    from safetensors import safe_open
+
+    from openuni.checkpoints import read_state_dict
+    from openuni.training import checkpointing
+    from openuni.training.trainer import Trainer
+
+    settings = dict(max_steps=4, checkpoint_every=2, keep_checkpoints=2, **setting)
+    whole = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", **settings))
+    uninterrupted = whole.run()
+    trainable = {f"{part}.{name}" for part, module in (("connector", whole.model.connector),
+                                                       ("transformer", whole.model.transformer))
+                 for name, p in module.named_parameters() if p.requires_grad}
+    first, last = checkpointing.complete_checkpoints(tmp_path / "whole")
+    with safe_open(str(last / "model.safetensors"), framework="pt") as file:
+        saved = set(file.keys())
+    assert saved == trainable  # pretraining: the connector; LoRA: the connector and the adapters
+    assert all(k.startswith("connector.") or "lora_" in k for k in saved)
+    exported = read_state_dict(tmp_path / "whole" / "final" / "openuni.pth")
+    assert any(k.startswith("connector.") for k in exported)
+    if setting.get("lora_rank"):  # the export is whole: SANA with the adapters merged into it
+        assert sum(k.startswith("transformer.") for k in exported) == len(whole.model.transformer.state_dict()) - sum(
+            "lora_" in k for k in whole.model.transformer.state_dict())
+    reset_accelerate()
+
+    killed = tmp_path / "killed"
+    shutil.copytree(first, checkpointing.checkpoint_root(killed) / first.name)
+    losses = Trainer(tiny_train_config(tiny, data, killed, **settings)).run()
+    assert losses == uninterrupted  # the same machine and process count: the same bytes
+    resumed = read_state_dict(killed / "final" / "openuni.pth")
+    assert all(torch.equal(resumed[k], exported[k]) for k in exported)

@@ -24,7 +24,7 @@ from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
 from .checkpoint_files import check_checkpoint_files, safe_deepspeed_loading
-from .engines import DEEPSPEED, FSDP, check_resumable, engine_accelerator, running_engine
+from .engines import DDP, DEEPSPEED, FSDP, check_resumable, engine_accelerator, running_engine
 from .model import configure_trainable, merge_lora, training_scheduler
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -81,6 +81,10 @@ class Trainer:
         self.lower_frozen_precision()
         configure_trainable(self.model, config.train_transformer, config.lora_rank, config.lora_alpha,
                             config.activation_checkpointing)
+        # Checkpoints hold what trains: a frozen SANA leaves the wrapped model (as the MLLM and VAE), and the
+        # frozen base weights under LoRA are left out of what is saved.
+        if not (config.train_transformer or config.lora_rank):
+            self.model.hold_transformer_frozen()
         try:
             self.optimizer = build_optimizer(self.model, config.lr, config.betas, config.weight_decay)
         except ValueError as error:
@@ -93,6 +97,7 @@ class Trainer:
         # per process) and saved in trainer_state.json: registered with accelerate it would be a pickle.
         if self.engine == DEEPSPEED:
             safe_deepspeed_loading(self.wrapped)
+        self.accelerator.register_save_state_pre_hook(self.leave_out_frozen_weights)
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
@@ -206,16 +211,43 @@ class Trainer:
             return
         state = checkpointing.read_trainer_state(found)
         self.warn_about_changed_data_settings(state)
-        self.accelerator.load_state(str(found))
+        # What is not in the checkpoint is frozen and comes from the model's own sources, as at the start.
+        lean = dict(strict=False) if self.engine == DDP else dict(load_module_strict=False) if self.engine == DEEPSPEED else {}
+        self.accelerator.load_state(str(found), **lean)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
         self.losses = state.get("losses", [])
         self.accelerator.print(f"resumed from {found} at step {self.step}")
 
+    def frozen_names(self, model=None) -> set[str]:
+        return {name for name, p in (model or self.wrapped).named_parameters() if not p.requires_grad}
+
+    def leave_out_frozen_weights(self, models, weights, output_dir) -> None:
+        """accelerate's save pre-hook: the state dicts it is about to write (DDP, one process) lose the frozen
+        parameters (LoRA's base weights); DeepSpeed is told the same by `exclude_frozen_parameters`."""
+        for model, state in zip(models, weights):
+            for name in self.frozen_names(model):
+                state.pop(name, None)
+
+    def checkpoint_keys(self) -> set[str]:
+        return set(self.wrapped.state_dict()) - self.frozen_names()
+
     def check_resumable(self, checkpoint: Path) -> None:
-        """This engine and process count can resume `checkpoint`, which holds only trusted, whole files."""
+        """This engine and process count can resume `checkpoint`, which holds only trusted, whole files and, under
+        DDP, exactly the weights this run trains."""
         check_resumable(checkpoint, self.engine, self.accelerator.num_processes)
         check_checkpoint_files(checkpoint, self.engine)
+        if self.engine not in (FSDP, DEEPSPEED):
+            from safetensors import safe_open
+
+            with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as file:
+                saved = set(file.keys())
+            expected = self.checkpoint_keys()
+            if saved != expected:
+                odd = sorted(saved ^ expected)
+                raise OpenUniError(f"{checkpoint / 'model.safetensors'} holds other weights than this run trains "
+                                   f"({len(saved)} saved, {len(expected)} trained; e.g. {odd[0]}): resume it with the "
+                                   "settings it was written with (train_transformer, lora_rank, connector)")
         if "lr_scheduler" not in checkpointing.read_trainer_state(checkpoint):
             raise OpenUniError(f"{checkpoint / checkpointing.STATE_FILE} has no lr_scheduler state: it was not written "
                                "by this version of openuni")
@@ -233,7 +265,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         acc = self.accelerator
         partial = checkpointing.partial_path(self.output_dir, self.step)
-        acc.save_state(str(partial))
+        acc.save_state(str(partial), **(dict(exclude_frozen_parameters=True) if self.engine == DEEPSPEED else {}))
         # Every process writes its part (its RNG state, its ZeRO/FSDP shards): all must be done before the rename.
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -261,10 +293,14 @@ class Trainer:
         connector = type(trained.connector).from_config(trained.connector.config)
         connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
         transformer_state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
-        if config.lora_rank:
-            transformer_state = merge_lora(transformer_state, (config.lora_alpha or config.lora_rank) / config.lora_rank)
-        transformer = type(trained.transformer).from_config(trained.transformer.config)
-        transformer.load_state_dict(transformer_state)
+        if not transformer_state:  # held frozen outside the trained model: as it was loaded
+            transformer = trained.transformer
+        else:
+            if config.lora_rank:
+                transformer_state = merge_lora(transformer_state,
+                                               (config.lora_alpha or config.lora_rank) / config.lora_rank)
+            transformer = type(trained.transformer).from_config(trained.transformer.config)
+            transformer.load_state_dict(transformer_state)
         trained_transformer = config.train_transformer or config.lora_rank > 0
         save_release(connector, transformer if trained_transformer else None, directory / "openuni.pth")
         OpenUniPipeline(self.tokenizer, trained.mllm, connector, transformer, trained.vae,
