@@ -220,7 +220,9 @@ class Trainer:
         self.accelerator.print(f"resumed from {found} at step {self.step}")
 
     def frozen_names(self, model=None) -> set[str]:
-        return {name for name, p in (model or self.wrapped).named_parameters() if not p.requires_grad}
+        """The frozen parameters' names in the unwrapped model (as accelerate's saved state dicts name them)."""
+        model = self.accelerator.unwrap_model(model or self.wrapped)
+        return {name for name, p in model.named_parameters() if not p.requires_grad}
 
     def leave_out_frozen_weights(self, models, weights, output_dir) -> None:
         """accelerate's save pre-hook: the state dicts it is about to write (DDP, one process) lose the frozen
@@ -228,9 +230,10 @@ class Trainer:
         for model, state in zip(models, weights):
             for name in self.frozen_names(model):
                 state.pop(name, None)
+                state.pop(f"module.{name}", None)  # (a DDP wrapper's names, should accelerate keep them)
 
     def checkpoint_keys(self) -> set[str]:
-        return set(self.wrapped.state_dict()) - self.frozen_names()
+        return set(self.accelerator.unwrap_model(self.wrapped).state_dict()) - self.frozen_names()
 
     def check_resumable(self, checkpoint: Path) -> None:
         """This engine and process count can resume `checkpoint`, which holds only trusted, whole files and, under
