@@ -335,3 +335,27 @@ def test_checkpoints_hold_only_what_trains_and_resume_onto_the_same_run(tiny, da
     assert losses == uninterrupted  # the same machine and process count: the same bytes
     resumed = read_state_dict(killed / "final" / "openuni.pth")
     assert all(torch.equal(resumed[k], exported[k]) for k in exported)
+
+
+def test_default_data_workers_leave_each_training_process_its_core():
+    from openuni.training.trainer import default_data_workers
+
+    assert [default_data_workers(cpus, processes) for cpus, processes in
+            [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (16, 8), (64, 8), (96, 8)]] == [0, 0, 0, 3, 1, 1, 4, 4]
+
+
+def test_resuming_webdataset_with_other_readers_says_what_changes(tiny, tmp_path, caplog):
+    import logging
+
+    from openuni.training.trainer import Trainer
+    from training_helpers import write_webdataset
+
+    shards = write_webdataset(tmp_path / "shards", shards=2, per_shard=3)
+    values = dict(data=[dict(kind="webdataset", path=shards)], max_steps=1)
+    Trainer(tiny_train_config(tiny, tmp_path / "unused.json", tmp_path / "run", **values)).run()
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING, logger="openuni"):
+        values.update(max_steps=2, num_workers=2)
+        Trainer(tiny_train_config(tiny, tmp_path / "unused.json", tmp_path / "run", **values)).run()
+    [warning] = [r.getMessage() for r in caplog.records if "WebDataset readers" in r.getMessage()]
+    assert "with 2 WebDataset readers (processes x data workers) where the checkpoint had 1" in warning

@@ -6,6 +6,7 @@ The engine comes from the accelerate config the run is launched with; nothing he
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,8 +138,16 @@ class Trainer:
         layout = StreamLayout(config.seed, config.batch_size, config.grad_accum, acc.process_index, acc.num_processes)
         buckets = aspect_buckets(config.resolution) if config.aspect_buckets else None
         stream = SampleStream(self.sources, [s.ratio for s in config.data], layout, self.step, config.resolution, buckets)
-        return DataLoader(stream, batch_size=None, num_workers=config.num_workers,
-                          persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+        workers = self.data_workers()
+        return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=acc.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def data_workers(self) -> int:
+        """`num_workers`, or by default up to 4 per process that the machine's CPUs can run beside the training
+        processes on it (none on a machine of 2 cores or fewer, where they would only take turns)."""
+        if self.config.num_workers is not None:
+            return self.config.num_workers
+        return default_data_workers(available_cpus(), local_processes(self.accelerator))
 
     @staticmethod
     def source_options(source) -> dict:
@@ -264,6 +273,12 @@ class Trainer:
         if changed:
             logger.warning("resuming with other %s than the checkpoint's: the run will not continue the same sample "
                            "sequence and loss curve", ", ".join(changed))
+        streamed = any(source.kind == "webdataset" for source in self.config.data)
+        if streamed and "data_readers" in saved and saved["data_readers"] != now["data_readers"]:
+            logger.warning("resuming with %d WebDataset readers (processes x data workers) where the checkpoint had "
+                           "%d: the shards are split between the readers, so from here on each reads other shards and "
+                           "the run trains on other samples than the interrupted one would have (JSON and cached-latent "
+                           "sources are not affected)", now["data_readers"], saved["data_readers"])
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
@@ -281,6 +296,7 @@ class Trainer:
     def saved_config(self) -> dict:
         config = self.config.to_dict()
         config["global_batch"] = self.config.batch_size * self.config.grad_accum * self.accelerator.num_processes
+        config["data_readers"] = self.accelerator.num_processes * max(1, self.data_workers())
         return config
 
     def export(self, directory: Path) -> None:
@@ -397,6 +413,24 @@ class Trainer:
                 import numpy as np
 
                 tracker.writer.add_images("samples", np.stack([np.asarray(i) for i in images]), self.step, dataformats="NHWC")
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on every platform)
+        return os.cpu_count() or 1
+
+
+def local_processes(accelerator) -> int:
+    """Training processes on this machine (torchrun/accelerate export LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
+def default_data_workers(cpus: int, processes: int) -> int:
+    if cpus <= 2:
+        return 0
+    return max(0, min(4, cpus // max(1, processes) - 1))  # a core of each share is its training process's
 
 
 def load_sample_edits(sample_edits: list[dict]) -> list[tuple]:
