@@ -126,5 +126,6 @@ def merge_command(directory: str | Path, engine: str) -> str:
     if engine == FSDP:
         return f"accelerate merge-weights {directory / 'pytorch_model_fsdp_0'} OUT_DIR"
     if engine == DEEPSPEED:
-        return f"python {directory / 'zero_to_fp32.py'} {directory} OUT_DIR --safe_serialization"
+        # DeepSpeed's installed copy of the script, not the one in the checkpoint (a file from disk is never run).
+        return f"python -m deepspeed.utils.zero_to_fp32 {directory} OUT_DIR --safe_serialization"
     return f"the weights are {directory / 'model.safetensors'}"

@@ -221,7 +221,7 @@ class Trainer:
         state = checkpointing.read_trainer_state(found)
         self.warn_about_changed_data_settings(state)
         # What is not in the checkpoint is frozen and comes from the model's own sources, as at the start.
-        lean = dict(strict=False) if self.engine == DDP else dict(load_module_strict=False) if self.engine == DEEPSPEED else {}
+        lean = {DDP: dict(strict=False), DEEPSPEED: dict(load_module_strict=False)}.get(self.engine, {})
         self.accelerator.load_state(str(found), **lean)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
