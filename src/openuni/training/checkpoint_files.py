@@ -50,9 +50,11 @@ def check_checkpoint_files(directory: str | Path, engine: str) -> None:
     for path in sorted(p for p in directory.rglob("*") if not p.is_dir()):
         relative = path.relative_to(directory).as_posix()
         if path.is_symlink() or not any(pattern.fullmatch(relative) for pattern in expected):
+            older = (" (older openuni versions pickled the LR schedule there: such a checkpoint cannot be resumed "
+                     "safely; start a new run from its weights)" if relative.startswith("custom_checkpoint_") else "")
             raise OpenUniError(f"{directory} holds {relative}, which a {engine.upper()} checkpoint of openuni never "
                                "holds: refusing to resume from it (a file that is loaded could run code); remove "
-                               "what you added, or resume from a checkpoint openuni wrote")
+                               f"what you added, or resume from a checkpoint openuni wrote{older}")
         try:
             check_file(path, relative)
         except OpenUniError:

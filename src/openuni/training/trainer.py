@@ -86,6 +86,9 @@ class Trainer:
         # frozen base weights under LoRA are left out of what is saved.
         if not (config.train_transformer or config.lora_rank):
             self.model.hold_transformer_frozen()
+            if self.engine == DEEPSPEED and config.mixed_precision != "no":
+                # DeepSpeed runs without autocast and would have cast it with the model it wraps: as it did.
+                self.model.transformer.to(torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16)
         try:
             self.optimizer = build_optimizer(self.model, config.lr, config.betas, config.weight_decay)
         except ValueError as error:
@@ -313,13 +316,11 @@ class Trainer:
         connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
         transformer_state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
         if not transformer_state:  # held frozen outside the trained model: as it was loaded
-            transformer = trained.transformer
-        else:
-            if config.lora_rank:
-                transformer_state = merge_lora(transformer_state,
-                                               (config.lora_alpha or config.lora_rank) / config.lora_rank)
-            transformer = type(trained.transformer).from_config(trained.transformer.config)
-            transformer.load_state_dict(transformer_state)
+            transformer_state = trained.transformer.state_dict()
+        if config.lora_rank:
+            transformer_state = merge_lora(transformer_state, (config.lora_alpha or config.lora_rank) / config.lora_rank)
+        transformer = type(trained.transformer).from_config(trained.transformer.config)
+        transformer.load_state_dict(transformer_state)
         trained_transformer = config.train_transformer or config.lora_rank > 0
         save_release(connector, transformer if trained_transformer else None, directory / "openuni.pth")
         OpenUniPipeline(self.tokenizer, trained.mllm, connector, transformer, trained.vae,
