@@ -27,9 +27,9 @@ def train_values(tiny, tmp_path, name: str, **overrides) -> dict:
     data = tmp_path / "latents"
     if not data.exists():
         write_latent_dataset(data, count=8)
-    values = tiny_train_values(tiny, data, tmp_path / name, max_steps=STEPS, checkpoint_every=2, keep_checkpoints=2,
-                               init_checkpoint="none", connector=FRESH_TINY_CONNECTOR, train_transformer=True,
-                               max_prompt_tokens=16, **overrides)
+    settings = dict(max_steps=STEPS, checkpoint_every=2, keep_checkpoints=2, init_checkpoint="none",
+                    connector=FRESH_TINY_CONNECTOR, train_transformer=True, max_prompt_tokens=16)
+    values = tiny_train_values(tiny, data, tmp_path / name, **{**settings, **overrides})
     values["data"] = [dict(kind="latents", path=str(data))]
     return values
 
@@ -107,3 +107,19 @@ def test_sampling_under_fsdp_is_refused_at_start_up_with_one_line(tiny, tmp_path
     assert len(errors) == 1, result.output[-3000:]
     assert "sample_every needs the whole model" in errors.pop()
     assert not (tmp_path / "fsdp-sampling" / "checkpoints").exists()
+
+
+def test_fsdp_pretraining_shards_the_connector_alone_and_checkpoints_only_it(tiny, tmp_path):
+    """In pretraining the frozen SANA is not part of the trained model: FSDP wraps the connector's layers only."""
+    from openuni.training import checkpointing
+
+    config = config_file(tiny, tmp_path, "fsdp-pretrain", batch_size=2, max_steps=2, train_transformer=False)
+    cli_train("fsdp", config).check()
+    [checkpoint] = checkpointing.complete_checkpoints(tmp_path / "fsdp-pretrain")
+    metadata = checkpoint / "pytorch_model_fsdp_0" / ".metadata"
+    from openuni.training.checkpoint_files import DCPMetadataUnpickler
+
+    with metadata.open("rb") as file:
+        keys = set(DCPMetadataUnpickler(file).load().state_dict_metadata)
+    assert keys and all(key.startswith("model.connector.") for key in keys), sorted(keys)[:5]
+    assert (tmp_path / "fsdp-pretrain" / "final" / "pipeline").is_dir()

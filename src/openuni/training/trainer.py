@@ -25,7 +25,8 @@ from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
 from .checkpoint_files import check_checkpoint_files, safe_deepspeed_loading
-from .engines import DDP, DEEPSPEED, FSDP, check_resumable, engine_accelerator, running_engine
+from .engines import (DDP, DEEPSPEED, FSDP, check_resumable, engine_accelerator, fit_fsdp_wrap_policy,
+                      running_engine)
 from .model import configure_trainable, merge_lora, training_scheduler
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -96,6 +97,8 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config.max_steps, config.warmup_ratio,
                                                config.warmup_start_factor)
         self.fill_deepspeed_config()
+        if self.engine == FSDP:
+            fit_fsdp_wrap_policy(self.accelerator, self.model)
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The LR scheduler is stepped once per optimisation step by us (accelerate would step a prepared one once
         # per process) and saved in trainer_state.json: registered with accelerate it would be a pickle.
