@@ -77,10 +77,9 @@ def engage_fsdp_on_gloo(accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
-def fit_fsdp_wrap_policy(accelerator, model) -> None:
+def fit_fsdp_wrap_policy(plugin, model) -> None:
     """Wrap only the layer classes of the config that this model holds: a frozen SANA is not part of the trained
     model in pretraining, and accelerate refuses a class it cannot find (the connector's layers are always there)."""
-    plugin = accelerator.state.fsdp_plugin
     names = getattr(plugin, "transformer_cls_names_to_wrap", None) if plugin is not None else None
     if names:
         present = {type(module).__name__ for module in model.modules()}

@@ -98,7 +98,7 @@ class Trainer:
                                                config.warmup_start_factor)
         self.fill_deepspeed_config()
         if self.engine == FSDP:
-            fit_fsdp_wrap_policy(self.accelerator, self.model)
+            fit_fsdp_wrap_policy(self.accelerator.state.fsdp_plugin, self.model)
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The LR scheduler is stepped once per optimisation step by us (accelerate would step a prepared one once
         # per process) and saved in trainer_state.json: registered with accelerate it would be a pickle.
