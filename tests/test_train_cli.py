@@ -153,3 +153,79 @@ def test_numbers_written_without_a_dot_and_wrong_types_are_handled(capsys):
                               ("lr.x=1", "lr has no setting 'x'"), ("data.0=3", "data source's fields")]:
         assert run_cli("train", "pretrain-b-512", "data.0.path=x", override, "--print-config") == 2, override
         assert message in capsys.readouterr().err, override
+
+
+class Planted:
+    """Unpickling it runs a shell command that creates the marker file (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpointed")
+    data = write_json_dataset(root / "data", count=4)
+    config = root / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_train_values(tiny, data, root / "run", max_steps=2, checkpoint_every=1,
+                                                       keep_checkpoints=2, max_prompt_tokens=16)))
+    assert run_cli("train", config) == 0
+    return config, root / "run"
+
+
+def resumed_copy(checkpointed_run, tmp_path):
+    import shutil
+
+    config, run = checkpointed_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return config, copy, sorted((copy / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin",
+                                     "extra/state.pt"])
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_with_one_line_and_never_runs(checkpointed_run, tmp_path,
+                                                                                 planted, capsys):
+    import torch
+
+    config, run, checkpoints = resumed_copy(checkpointed_run, tmp_path)
+    marker = tmp_path / "marker"
+    target = checkpoints[-1] / planted
+    target.parent.mkdir(exist_ok=True)
+    if planted.endswith(".pkl") and planted.startswith("custom"):
+        import pickle
+
+        target.write_bytes(pickle.dumps(Planted(marker)))  # as accelerate's custom checkpoints are written
+    else:
+        torch.save({"state": Planted(marker)}, target)
+    capsys.readouterr()
+    code = run_cli("train", config, f"output_dir={run}", "max_steps=3", "resume=auto")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("openuni train: error:") and planted.split("/")[0] in err[0]
+    assert not marker.exists()
+    assert not (run / "checkpoints" / "step-00000003").exists()
+
+
+def test_a_torn_checkpoint_is_a_clear_error_naming_what_to_do(checkpointed_run, tmp_path, capsys):
+    config, run, checkpoints = resumed_copy(checkpointed_run, tmp_path)
+    for name in ("model.safetensors", "optimizer.bin"):
+        torn = checkpoints[-1] / name
+        good = torn.read_bytes()
+        torn.write_bytes(good[: len(good) // 2])  # cut off mid-write
+        capsys.readouterr()
+        assert run_cli("train", config, f"output_dir={run}", "max_steps=3", "resume=auto") == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert f"{name} is torn" in line and f"delete {checkpoints[-1]}" in line
+        torn.write_bytes(good)
+    # Deleted as the error says, the run resumes from the previous checkpoint.
+    import shutil
+
+    shutil.rmtree(checkpoints[-1])
+    assert run_cli("train", config, f"output_dir={run}", "max_steps=3", "resume=auto") == 0
+    assert "resumed from" in capsys.readouterr().out

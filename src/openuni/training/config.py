@@ -54,7 +54,7 @@ class TrainConfig:
     data: list[DataSource] = field(default_factory=list)
     resolution: int = 512
     aspect_buckets: bool = False
-    num_workers: int = 4
+    num_workers: int | None = None  # data loader processes per training process; None: as many as the CPUs allow
     caption_dropout: float = 0.1
     max_prompt_tokens: int = 128
     # optimisation
@@ -135,7 +135,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise OpenUniError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("num_workers", "sample_every", "lora_rank"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise OpenUniError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 1 <= self.sample_steps <= MAX_STEPS:
             raise OpenUniError(f"sample_steps must be between 1 and {MAX_STEPS}, got {self.sample_steps}")
