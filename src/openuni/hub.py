@@ -9,6 +9,7 @@ A variant is four parts: the InternVL3 MLLM, the SANA transformer (with its sche
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ MLLM_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken")
 TRANSFORMER_FILES = ("transformer/*", "scheduler/*")
 VAE_FILES = ("*.json", "*.safetensors")
 REACHABILITY_TIMEOUT_S = 5.0
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,29 @@ def fetch_parts(parts: list[HubPart], variant: str, stage: str, local_files_only
         except Exception as error:  # not cached, missing repo, auth, disk: all mean "get it another way"
             missing.append((part, error))
     if missing:
-        listed = "; ".join(part.describe() for part, _ in missing)
-        cause = why or reason(missing[0][1], 200)
-        raise OpenUniError(
-            f"{len(missing)} part(s) of {variant} are not in the Hugging Face cache and cannot be downloaded "
-            f"({cause}): {listed}. Fetch them all where there is internet with `{download_command(variant, stage)}` "
-            "(then HF_HUB_OFFLINE=1 works), or pass each as a local path")
+        raise unavailable([part for part, _ in missing], f"part(s) of {variant}", why or reason(missing[0][1], 200),
+                          download_command(variant, stage))
     return found
+
+
+def unavailable(parts: list[HubPart], of: str, cause: str, command: str) -> OpenUniError:
+    listed = "; ".join(part.describe() for part in parts)
+    return OpenUniError(
+        f"{len(parts)} {of} are not in the Hugging Face cache and cannot be downloaded ({cause}): {listed}. Fetch "
+        f"them all where there is internet with `{command}` (then HF_HUB_OFFLINE=1 works), or pass each as a local "
+        "path")
+
+
+def check_models_cached(models: list[HubPart], of: str) -> None:
+    """Models a command will load by Hub id (scorers, judges): where the Hub cannot be reached, one error names every
+    one that is not in the cache, before any of them loads. Local paths are not checked here."""
+    from huggingface_hub import try_to_load_from_cache
+
+    on_hub = [model for model in models if not Path(model.repo).expanduser().exists() and HUB_ID.match(model.repo)]
+    why = hub_unreachable() if on_hub else None
+    if why is None:
+        return
+    missing = [model for model in on_hub if not isinstance(try_to_load_from_cache(model.repo, "config.json"), str)]
+    if missing:
+        command = " && ".join(f"hf download {model.repo}" for model in missing)
+        raise unavailable(missing, of, why, command)

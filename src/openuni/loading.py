@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,14 +22,13 @@ from .checkpoints import load_release, read_state_dict, split_release
 from .connector import OpenUniConnector
 from .devices import resolve_device, resolve_dtype
 from .errors import OpenUniError, reason
-from .hub import MLLM_FILES as HUB_MLLM_FILES, fetch_parts, variant_parts
+from .hub import HUB_ID, MLLM_FILES as HUB_MLLM_FILES, fetch_parts, variant_parts
 from .internvl import load_mllm
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
 from .variants import RELEASE_REPO, SANA_SCHEDULER_CONFIG, Variant, get_variant
 
 logger = logging.getLogger(__name__)
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MLLM_FILES = list(HUB_MLLM_FILES)
 
 

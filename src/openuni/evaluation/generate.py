@@ -83,8 +83,11 @@ def check_run_settings(output: Path, settings: dict) -> None:
 
 
 def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], output: Path, settings: SamplingOptions,
-                       batch_size: int = 4, model: dict | None = None, show_progress: bool = True) -> dict:
-    """Write the missing images of `prompts`; this process does its share. Returns the run record."""
+                       batch_size: int = 4, model: dict | None = None, show_progress: bool = True,
+                       smoke_run: dict | None = None) -> dict:
+    """Write the missing images of `prompts`; this process does its share. Returns the run record. `smoke_run`
+    ({"prompts_per_task": N, "of_prompts": total}) marks a run over a part of the benchmark's prompts: the run
+    file and the report say so, and neither a full run nor another part resumes into its folder."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
@@ -94,7 +97,7 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
     # What each image records: what decides its pixels besides the model. (The model's description, paths as the
     # user gave them, is checked through the run file only: images stay byte-identical between the CLI and the API.)
     image_settings = {"benchmark": benchmark, **asdict(settings)}
-    run_settings = {**image_settings, "num_prompts": len(prompts), "model": model or {}}
+    run_settings = {**image_settings, "num_prompts": len(prompts), "model": model or {}, "smoke_run": smoke_run}
     check_run_settings(output, run_settings)
     check_outputs_belong(spec, output, prompts, image_settings)
     state.wait_for_everyone()  # nobody writes before everybody has checked
