@@ -177,3 +177,23 @@ def test_from_image_refuses_images_without_a_record(tiny, tmp_path, capsys):
     assert main(["generate", "a dog", "--from-image", str(made), "-o", str(tmp_path / "x.png")]) == 2
     assert "give no prompts with it" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_rewrite_asks_the_mllm_and_records_the_rewritten_prompt(tiny, tiny_pipe, tmp_path):
+    from openuni.rewriting import rewrite_prompts
+
+    out = tmp_path / "rewritten.png"
+    assert main(["generate", "a cat", "--rewrite", "--seed", "3", "-o", str(out), *FAST, *tiny_cli_args(tiny)]) == 0
+    record = png_record(out)
+    # The tiny MLLM's expansion is gibberish, but it is the MLLM's greedy answer, and it is what conditioned the image.
+    (expected,) = rewrite_prompts(tiny_pipe, ["a cat"])
+    assert record["prompt"] == "a cat" and record["rewritten_prompt"] == expected != "a cat"
+    image = tiny_pipe(expected, seed=3, num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), image)
+    # Made again from its record: the recorded rewrite, not a new one, and the same bytes.
+    assert main(["generate", "--from-image", str(out), "-o", str(tmp_path / "again.png"), "--device", "cpu"]) == 0
+    assert (tmp_path / "again.png").read_bytes() == out.read_bytes()
+    # Off by default.
+    plain = tmp_path / "plain.png"
+    assert main(["generate", "a cat", "-o", str(plain), *FAST, *tiny_cli_args(tiny)]) == 0
+    assert "rewritten_prompt" not in png_record(plain)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import OpenUniError
 from ..evaluation.benchmarks import BENCHMARKS, ScorerOptions
-from .options import (SAMPLING_FLAGS, add_device_arguments, add_model_arguments, add_sampling_arguments,
-                      model_description, pipeline_from_args, sampling_from_args)
+from .options import (SAMPLING_FLAGS, add_device_arguments, add_model_arguments, add_rewrite_argument,
+                      add_sampling_arguments, model_description, pipeline_from_args, sampling_from_args)
 
 SCORER_HELP = {
     "detector": "GenEval: Mask2Former COCO instance checkpoint",
@@ -38,6 +38,7 @@ def add_parser(subparsers) -> None:
         sub.add_argument("--limit", type=int, metavar="N",
                          help="a smoke run: only the first N prompts of each task/category (DPG-Bench: of the list); "
                               "recorded as such in the run file and the report, never comparable with full scores")
+        add_rewrite_argument(sub)
         add_sampling_arguments(sub, batch_size=16, images_per_prompt=False)
         add_model_arguments(sub)
         _add_scorer_arguments(sub, (name,))
@@ -112,7 +113,7 @@ def run_generate(args: argparse.Namespace) -> int:
     resolution = pipe.default_resolution
     sampling = replace(sampling, height=args.height or resolution, width=args.width or resolution)
     record = generate_benchmark(pipe, args.benchmark, prompts, args.output, sampling, batch_size=args.batch_size,
-                                model=model_description(args), smoke_run=smoke_run)
+                                model=model_description(args), smoke_run=smoke_run, rewrite=args.rewrite)
     if state.is_main_process:
         part = f" (smoke run: {len(prompts)} of {smoke_run['of_prompts']} prompts)" if smoke_run else ""
         print(f"{args.benchmark}: {len(prompts)} prompts in {args.output}{part} "

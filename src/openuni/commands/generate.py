@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..errors import OpenUniError
 from ..files import check_writable, save_image_atomically, write_text_atomically
-from .options import (add_model_arguments, add_sampling_arguments, apply_model_identity, model_identity,
-                      pipeline_from_args, sampling_from_args)
+from .options import (add_model_arguments, add_rewrite_argument, add_sampling_arguments, apply_model_identity,
+                      model_identity, pipeline_from_args, sampling_from_args)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--from-image", type=Path, metavar="OLD.png",
                         help="generate again what OLD.png's record says (prompt, settings, model): the same bytes on "
                              "the same machine and software; the record replaces the prompt and sampling flags")
+    add_rewrite_argument(parser)
     add_sampling_arguments(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=run)
@@ -163,11 +164,13 @@ def read_generation_record(path: Path) -> dict:
 
 
 def apply_record(args: argparse.Namespace, record: dict) -> None:
-    """Generate what `record` describes: its prompt, settings and model (model part flags given still win)."""
+    """Generate what `record` describes: its prompt (as rewritten then, if it was), settings and model (model part
+    flags given still win)."""
     if args.prompts or args.prompts_file:
         raise OpenUniError("--from-image takes the prompt from the image's record; give no prompts with it")
-    args.prompts = [record.get("rewritten_prompt") or record["prompt"]]
-    args.original_prompt = record["prompt"]
+    args.prompts = [record["prompt"]]
+    args.recorded_rewrites = [record.get("rewritten_prompt")]
+    args.rewrite = False  # (the record holds the rewrite: the MLLM is not asked again)
     for field in ("seed", "steps", "cfg_scale", "negative_prompt", "height", "width"):
         setattr(args, field, record[field])
     args.num_images, args.grid = (record.get("num_images", 1), True) if record.get("grid") else (1, False)
@@ -191,14 +194,19 @@ def run(args: argparse.Namespace) -> int:
     pipe = pipeline_from_args(args)
     height, width = sampling.height or pipe.default_resolution, sampling.width or pipe.default_resolution
     model = {**model_identity(args), "dtype": str(pipe.dtype).removeprefix("torch.")}
-    originals = [getattr(args, "original_prompt", None) or prompt for prompt in prompts]
+    rewrites = getattr(args, "recorded_rewrites", None) or [None] * len(prompts)
+    if args.rewrite:
+        from ..rewriting import rewrite_prompts
+
+        rewrites = rewrite_prompts(pipe, prompts)
+    conditioning = [rewrite or prompt for prompt, rewrite in zip(prompts, rewrites)]
     prompts_per_batch = max(1, args.batch_size // args.num_images)
     writer.quiet_steps(pipe, prompts_per_batch)
     for start in range(0, len(prompts), prompts_per_batch):
-        batch = prompts[start:start + prompts_per_batch]
-        images = pipe(batch, **sampling.pipeline_kwargs()).images
-        writer.save(images, [(start + offset, generation_record(originals[start + offset], sampling, height, width,
-                                                                model))
-                             for offset in range(len(batch))])
+        numbers = range(start, min(start + prompts_per_batch, len(prompts)))
+        images = pipe([conditioning[i] for i in numbers], **sampling.pipeline_kwargs()).images
+        writer.save(images, [(i, generation_record(prompts[i], sampling, height, width, model,
+                                                   **({"rewritten_prompt": rewrites[i]} if rewrites[i] else {})))
+                             for i in numbers])
     print(writer.summary())
     return 0

@@ -177,3 +177,11 @@ def apply_model_identity(args: argparse.Namespace, identity: dict) -> None:
 def _absolute(value) -> str:
     path = Path(value).expanduser()
     return str(path.resolve()) if path.exists() else str(value)  # (a Hub id stays as it is)
+
+
+def add_rewrite_argument(parser: argparse.ArgumentParser) -> None:
+    """`--rewrite`: the MLLM expands each prompt before generating (`openuni.rewriting`)."""
+    parser.add_argument("--rewrite", action="store_true",
+                        help="let the model's own MLLM expand each prompt into a detailed one first (greedy; the "
+                             "instruction is in openuni/rewriting.py); off by default, as in the reference's scores; "
+                             "the rewritten prompt is recorded with each image")

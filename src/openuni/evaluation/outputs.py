@@ -15,10 +15,14 @@ PROVENANCE_KEY = RECORD_KEY
 read_provenance = read_record  # (an image's header only; None without a record, UNREADABLE when torn)
 
 
-def provenance(prompt_text: str, settings: dict) -> str:
-    """The record an output image carries: which prompt (its SHA-256) and which settings made it."""
+def provenance(prompt_text: str, settings: dict, rewritten_prompt: str | None = None) -> str:
+    """The record an output image carries: which prompt (its SHA-256) and which settings made it, and with
+    `--rewrite` the prompt the MLLM made of it (what conditioned the image)."""
     digest = hashlib.sha256(prompt_text.encode("utf-8")).hexdigest()
-    return record_text({"prompt_sha256": digest, "settings": settings})
+    record = {"prompt_sha256": digest, "settings": settings}
+    if rewritten_prompt is not None:
+        record["rewritten_prompt"] = rewritten_prompt
+    return record_text(record)
 
 
 def is_complete_image(path: Path) -> bool:
