@@ -25,9 +25,11 @@ from .errors import OpenUniError, reason
 from .hub import HUB_ID, MLLM_FILES as HUB_MLLM_FILES, fetch_parts, variant_parts
 from .internvl import load_mllm
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
+from .quiet import drop_misleading_warnings
 from .variants import RELEASE_REPO, SANA_SCHEDULER_CONFIG, Variant, get_variant
 
 logger = logging.getLogger(__name__)
+drop_misleading_warnings()
 
 MLLM_FILES = list(HUB_MLLM_FILES)
 
