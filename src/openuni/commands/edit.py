@@ -96,7 +96,7 @@ def batches(sizes: list[tuple[int, int]], per_batch: int) -> list[range]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import load_image
+    from ..images import check_image_size, load_image
 
     sampling = sampling_from_args(args)
     pairs = read_pairs(args)
@@ -108,6 +108,14 @@ def run(args: argparse.Namespace) -> int:
     # photos would not fit in memory), and each batch reads its own images again.
     source_sizes = [load_image(image).size for image, _ in pairs]
     pipe = pipeline_from_args(args)
+    # The smallest source this model reads is one patch of its own vision encoder: checked for every edit before
+    # the first one runs (the check before loading could only assume the real models' 14 px).
+    try:
+        for (image, _), size in zip(pairs, source_sizes):
+            check_image_size(size, str(image), min_side=pipe.vision_patch_size)
+    except OpenUniError:
+        writer.progress.close()  # (the error line comes after the bar, not inside it)
+        raise
     sizes = [pipe.edit_output_size([size], args.height, args.width) for size in source_sizes]
     model = {**model_identity(args), "dtype": str(pipe.dtype).removeprefix("torch.")}
     per_batch = max(1, args.batch_size // args.num_images)
