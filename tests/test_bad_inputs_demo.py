@@ -20,7 +20,7 @@ import PIL.Image
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install 'openuni[demo]')")
+gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[demo]')")
 gradio_client = pytest.importorskip("gradio_client")
 
 from openuni.demo import MAX_TEXT_CHARS, DemoApp, gradio_upload_folder  # noqa: E402

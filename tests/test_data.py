@@ -7,16 +7,7 @@ import logging
 import pytest
 import torch
 
-from training_helpers import CAPTIONS, write_json_dataset, write_latent_dataset, write_webdataset
-
-
-def take(stream, count):
-    out = []
-    for sample in stream:
-        out.append(sample)
-        if len(out) == count:
-            return out
-    return out
+from training_helpers import CAPTIONS, take, write_json_dataset, write_latent_dataset, write_webdataset
 
 
 def test_json_layout_reads_images_and_both_caption_formats(tmp_path):

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the test server
-gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install 'openuni[demo]'); CI's test extras "
+gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[demo]'); CI's test extras "
                                           "do not install it")
 
 from openuni.cli import main  # noqa: E402

@@ -8,18 +8,9 @@ import PIL.Image
 import pytest
 import torch
 
-from training_helpers import (edit_pair, instruction_of, pixels_of, synthetic_image, write_edit_dataset,
+from training_helpers import (edit_pair, instruction_of, pixels_of, synthetic_image, take, write_edit_dataset,
                               write_edit_latent_dataset, write_edit_webdataset, write_json_dataset,
                               write_latent_dataset, write_webdataset)
-
-
-def take(stream, count):
-    out = []
-    for sample in stream:
-        out.append(sample)
-        if len(out) == count:
-            return out
-    return out
 
 
 def test_edit_pairs_are_read_in_the_reference_layout_and_resized_not_cropped(tmp_path):

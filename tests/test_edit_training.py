@@ -111,37 +111,15 @@ def test_the_trainers_edit_loss_on_the_recorded_batch_is_the_reference_one(tmp_p
 def test_killing_a_mixed_run_and_resuming_reproduces_its_loss_curve(tiny, tmp_path):
     """SIGKILL a mixed run (text-to-image JSON, WebDataset edit pairs, reconstruction) right after a checkpoint;
     the resumed run gives the uninterrupted run's losses."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import yaml
-
-    from openuni.training import checkpointing
     from openuni.training.trainer import Trainer
-    from training_helpers import tiny_train_values
+    from training_helpers import train_until_killed
 
     t2i = write_json_dataset(tmp_path / "t2i")
     data = [dict(kind="json", path=str(t2i)), dict(kind="json", path=str(t2i), task="reconstruct"),
             dict(kind="webdataset", task="edit", path=write_edit_webdataset(tmp_path / "edits"), ratio=2.0)]
     settings = dict(max_steps=40, checkpoint_every=3, keep_checkpoints=2, data=data)
     killed_dir = tmp_path / "killed"
-    config_file = tmp_path / "train.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_train_values(tiny, t2i, killed_dir, **settings)))
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "openuni.cli", "train", str(config_file)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not checkpointing.complete_checkpoints(killed_dir) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = checkpointing.read_trainer_state(checkpointing.complete_checkpoints(killed_dir)[-1])["step"]
+    killed_at = train_until_killed(tiny, t2i, killed_dir, tmp_path / "train.yaml", 180, **settings)
     assert killed_at < settings["max_steps"]
 
     whole = Trainer(tiny_train_config(tiny, t2i, tmp_path / "whole", **settings))

@@ -120,35 +120,12 @@ def test_export_loads_in_the_pipeline_and_as_a_release_checkpoint(tiny, data, tm
 
 def test_a_real_kill_mid_run_resumes_onto_the_uninterrupted_curve(tiny, data, tmp_path):
     """SIGKILL a training process right after a checkpoint appears; resuming gives the uninterrupted losses."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import yaml
-
-    from openuni.training import checkpointing
     from openuni.training.trainer import Trainer
-    from training_helpers import tiny_train_values
+    from training_helpers import train_until_killed
 
     settings = dict(max_steps=60, checkpoint_every=3, keep_checkpoints=2)
     killed_dir = tmp_path / "killed"
-    config_file = tmp_path / "train.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_train_values(tiny, data, killed_dir, **settings)))
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "openuni.cli", "train", str(config_file)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not checkpointing.complete_checkpoints(killed_dir) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed_dir / "final").exists()
-    killed_at = checkpointing.read_trainer_state(checkpointing.complete_checkpoints(killed_dir)[-1])["step"]
+    killed_at = train_until_killed(tiny, data, killed_dir, tmp_path / "train.yaml", 120, **settings)
     assert killed_at < settings["max_steps"]
 
     uninterrupted = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", **settings)).run()
@@ -231,7 +208,7 @@ def test_a_missing_optional_package_is_a_clear_error_before_anything_loads(tiny,
     monkeypatch.setitem(sys.modules, package, None)  # what a plain `pip install openuni` (no [train] extra) has
     if package == "tensorboard":
         monkeypatch.setitem(sys.modules, "tensorboardX", None)
-    with pytest.raises(OpenUniError, match=rf"needs {package}: pip install 'openuni\[train\]'"):
+    with pytest.raises(OpenUniError, match=rf"needs {package}: pip install -e '\.\[train\]'"):
         Trainer(tiny_train_config(tiny, data, tmp_path, **setting))
 
 
@@ -269,3 +246,93 @@ def test_sampling_during_training_changes_nothing_of_the_run(tiny, data, tmp_pat
     # sampling allocates (allocating as many unrelated tensors instead moves the LoRA run's third loss by 1 ulp too).
     torch.testing.assert_close(torch.tensor(sampled, dtype=torch.float64), torch.tensor(plain, dtype=torch.float64),
                                rtol=1e-6, atol=0)
+
+
+FRESH_TINY_CONNECTOR = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_queries=8)
+
+
+def test_fresh_connector_and_lora_init_are_functions_of_the_seed(tiny, data, tmp_path):
+    from openuni.checkpoints import read_state_dict
+    from openuni.training.trainer import Trainer
+
+    def exported(name: str, seed: int) -> dict[str, torch.Tensor]:
+        reset_accelerate()
+        Trainer(tiny_train_config(tiny, data, tmp_path / name, max_steps=1, seed=seed, init_checkpoint="none",
+                                  connector=FRESH_TINY_CONNECTOR)).run()
+        return read_state_dict(tmp_path / name / "final" / "openuni.pth")
+
+    first, again, other = exported("first", 3), exported("again", 3), exported("other", 4)
+    assert set(first) == set(again) and any(k.endswith("meta_queries") for k in first)
+    for key in first:
+        assert torch.equal(first[key], again[key]), key  # same seed, same machine: the same bytes
+    assert max((first[k] - other[k]).abs().max().item() for k in first) > 1e-2  # another seed, another connector
+
+    def lora_init(seed: int) -> dict[str, torch.Tensor]:
+        reset_accelerate()
+        trainer = Trainer(tiny_train_config(tiny, data, tmp_path / f"lora-{seed}", seed=seed, lora_rank=4,
+                                            train_transformer=True))
+        return {k: p.detach().clone() for k, p in trainer.model.transformer.named_parameters() if "lora_" in k}
+
+    a, b, c = lora_init(5), lora_init(5), lora_init(6)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("setting", [dict(train_transformer=False), dict(train_transformer=True, lora_rank=2)],
+                         ids=["pretrain", "lora"])
+def test_checkpoints_hold_only_what_trains_and_resume_onto_the_same_run(tiny, data, tmp_path, setting):
+    from safetensors import safe_open
+
+    from openuni.checkpoints import read_state_dict
+    from openuni.training import checkpointing
+    from openuni.training.trainer import Trainer
+
+    settings = dict(max_steps=4, checkpoint_every=2, keep_checkpoints=2, **setting)
+    whole = Trainer(tiny_train_config(tiny, data, tmp_path / "whole", **settings))
+    uninterrupted = whole.run()
+    trainable = {f"{part}.{name}" for part, module in (("connector", whole.model.connector),
+                                                       ("transformer", whole.model.transformer))
+                 for name, p in module.named_parameters() if p.requires_grad}
+    first, last = checkpointing.complete_checkpoints(tmp_path / "whole")
+    with safe_open(str(last / "model.safetensors"), framework="pt") as file:
+        saved = set(file.keys())
+    assert saved == trainable  # pretraining: the connector; LoRA: the connector and the adapters
+    assert all(k.startswith("connector.") or "lora_" in k for k in saved)
+    exported = read_state_dict(tmp_path / "whole" / "final" / "openuni.pth")
+    assert any(k.startswith("connector.") for k in exported)
+    if setting.get("lora_rank"):  # the export is whole: SANA with the adapters merged into it
+        assert sum(k.startswith("transformer.") for k in exported) == len(whole.model.transformer.state_dict()) - sum(
+            "lora_" in k for k in whole.model.transformer.state_dict())
+    reset_accelerate()
+
+    killed = tmp_path / "killed"
+    shutil.copytree(first, checkpointing.checkpoint_root(killed) / first.name)
+    losses = Trainer(tiny_train_config(tiny, data, killed, **settings)).run()
+    assert losses == uninterrupted  # the same machine and process count: the same bytes
+    resumed = read_state_dict(killed / "final" / "openuni.pth")
+    assert all(torch.equal(resumed[k], exported[k]) for k in exported)
+
+
+def test_default_data_workers_leave_each_training_process_its_core():
+    from openuni.training.trainer import default_data_workers
+
+    assert [default_data_workers(cpus, processes) for cpus, processes in
+            [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (16, 8), (64, 8), (96, 8)]] == [0, 0, 0, 3, 1, 1, 4, 4]
+
+
+def test_resuming_webdataset_with_other_readers_says_what_changes(tiny, tmp_path, caplog):
+    import logging
+
+    from openuni.training.trainer import Trainer
+    from training_helpers import write_webdataset
+
+    shards = write_webdataset(tmp_path / "shards", shards=2, per_shard=3)
+    values = dict(data=[dict(kind="webdataset", path=shards)], max_steps=1)
+    Trainer(tiny_train_config(tiny, tmp_path / "unused.json", tmp_path / "run", **values)).run()
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING, logger="openuni"):
+        values.update(max_steps=2, num_workers=2)
+        Trainer(tiny_train_config(tiny, tmp_path / "unused.json", tmp_path / "run", **values)).run()
+    [warning] = [r.getMessage() for r in caplog.records if "WebDataset readers" in r.getMessage()]
+    assert "with 2 WebDataset readers (processes x data workers) where the checkpoint had 1" in warning

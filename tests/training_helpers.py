@@ -213,3 +213,38 @@ def write_edit_latent_dataset(root: Path, count: int = 4, seed: int = 0, task: s
     instructions = [instruction_of(i) for i in range(count)]
     write_edit_shard(shard_path(root, 0), samples, instructions, [f"k{i}" for i in range(count)], 0, task, 64)
     return root
+
+
+def take(stream, count: int) -> list:
+    """The first `count` items of a stream (fewer if it ends)."""
+    import itertools
+
+    return list(itertools.islice(stream, count))
+
+
+def train_until_killed(tiny, data_path, output_dir: Path, config_file: Path, deadline_seconds: float, **settings) -> int:
+    """`openuni train` (its own process) SIGKILLed as soon as its first checkpoint is complete; returns that
+    checkpoint's step. Fails if the run ended on its own first."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from openuni.training import checkpointing
+
+    config_file.write_text(yaml.safe_dump(tiny_train_values(tiny, data_path, output_dir, **settings)))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "openuni.cli", "train", str(config_file)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + deadline_seconds
+    while not checkpointing.complete_checkpoints(output_dir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (output_dir / "final").exists()
+    return checkpointing.read_trainer_state(checkpointing.complete_checkpoints(output_dir)[-1])["step"]

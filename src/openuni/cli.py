@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in SUBCOMMANDS:
         command.add_parser(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.set_defaults(subparser=subparser)  # whose usage an unknown argument is reported with
     return parser
 
 
@@ -36,9 +38,21 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like `parse_args`, but `key=value` settings may follow the flags (argparse leaves those after an option
+    unparsed) and an unknown flag is reported with the subcommand's usage rather than the top-level one."""
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_overrides", False):
+        args.overrides += [item for item in extra if "=" in item and not item.startswith("-")]
+        extra = [item for item in extra if item not in args.overrides]
+    if extra:
+        args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         quiet_libraries()
@@ -48,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openuni {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"openuni {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
+        # (commands that write files keep what they finished; others, like chat, say so themselves)
+        message = getattr(args, "interrupted", "interrupted; finished outputs are kept")
+        print(f"\nopenuni {args.command}: {message}", file=sys.stderr)
         return 130
 
 

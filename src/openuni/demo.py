@@ -257,7 +257,7 @@ class DemoApp:
                             height = gr.Number(resolution, label="Height", precision=0, step=multiple)
                         seed, steps, cfg, count = sampling_controls()
                         run = gr.Button("Generate", variant="primary")
-                    gallery = gr.Gallery(label="Images", columns=2)
+                    gallery = result_gallery("Images")
                 run.click(self.generate, [prompt, negative, seed, steps, cfg, width, height, count], gallery,
                           api_name="generate", preprocess=False)
             with gr.Tab("Edit"):
@@ -269,7 +269,7 @@ class DemoApp:
                                               max_length=MAX_TEXT_CHARS)
                         seed, steps, cfg, count = sampling_controls()
                         run = gr.Button("Edit", variant="primary")
-                    edited = gr.Gallery(label="Edited", columns=2)
+                    edited = result_gallery("Edited")
                 run.click(self.edit, [source, instruction, negative, seed, steps, cfg, count], edited,
                           api_name="edit", preprocess=False)
             with gr.Tab("Chat"):
@@ -277,8 +277,9 @@ class DemoApp:
                 # chatbot's own value changes form between gradio versions and on its way through the API).
                 conversation, shown = gr.State(None), gr.State([])
                 chatbot = gr.Chatbot(label="InternVL3", height=480)
-                message = gr.MultimodalTextbox(placeholder="Ask about images (attach them here) or just chat",
-                                                file_types=["image"], file_count="multiple")
+                message = gr.MultimodalTextbox(label="Message", show_label=False, file_types=["image"],
+                                               placeholder="Ask about images (attach them here) or just chat",
+                                               file_count="multiple")
                 with gr.Row():
                     length = gr.Slider(16, MAX_NEW_TOKENS, 512, step=16, label="Longest answer (tokens)")
                     temperature = gr.Slider(0, 1.5, 0, step=0.05, label="Temperature (0: greedy)")
@@ -288,6 +289,11 @@ class DemoApp:
                 restart.click(lambda: ([], [], None), None, [chatbot, shown, conversation], api_name=False)
         page.queue(default_concurrency_limit=1)
         return page
+
+
+def result_gallery(label: str) -> gr.Gallery:
+    """Images shown whole, at their own aspect ratio (the default thumbnails crop them to squares)."""
+    return gr.Gallery(label=label, columns=2, object_fit="contain", height="auto", preview=False)
 
 
 def sampling_controls():

@@ -30,6 +30,12 @@ class OpenUni(nn.Module):
         self._frozen = (mllm, vae)  # a tuple: not registered as submodules
         self.train_scheduler = train_scheduler  # the training schedule (training.model.training_scheduler)
 
+    def hold_transformer_frozen(self) -> None:
+        """Move a SANA that does not train out of the module tree, beside the MLLM and VAE (pretraining): no engine
+        wraps, shards or checkpoints it, and `transformer` still reads it."""
+        transformer = self._modules.pop("transformer")
+        object.__setattr__(self, "transformer", transformer.requires_grad_(False))  # a plain attribute
+
     @property
     def mllm(self) -> nn.Module:
         return self._frozen[0]

@@ -248,6 +248,17 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
                 parameter.copy_(1 + noise * 0.1)
 
 
+def calibrate_scaling_factor(vae: AutoencoderDC, generator: torch.Generator) -> None:
+    """Set the VAE's `scaling_factor` so that scaled latents of smooth images have unit spread, as the real DC-AE's
+    0.41407 does: the random encoder's raw latents are ~1000 wide, which would put the tiny model's flow-matching
+    losses near 1e5 instead of the ~1 of the real model."""
+    coarse = torch.rand(8, 3, 4, 4, generator=generator) * 2 - 1
+    images = torch.nn.functional.interpolate(coarse, size=64, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        spread = vae.encode(images).latent.std().item()
+    vae.register_to_config(scaling_factor=1.0 / spread)
+
+
 def build_random_pipeline(variant_name: str, tokenizer_dir: Path, device, dtype) -> OpenUniPipeline:
     """A pipeline with the real geometry of a released variant and random weights: same cost as the real one.
 
@@ -271,8 +282,11 @@ def build_random_pipeline(variant_name: str, tokenizer_dir: Path, device, dtype)
     return OpenUniPipeline(tokenizer, mllm, connector, transformer, vae, scheduler).for_inference()
 
 
-def build_tiny_openuni(root: str | Path, seed: int = 0) -> TinyOpenUni:
-    """Write a complete tiny OpenUni (every component, both MLLM layouts, a release .pth) under `root`."""
+def build_tiny_openuni(root: str | Path, seed: int = 0, unit_latents: bool = False) -> TinyOpenUni:
+    """Write a complete tiny OpenUni (every component, both MLLM layouts, a release .pth) under `root`.
+
+    `unit_latents`: calibrate the DC-AE's `scaling_factor` (`calibrate_scaling_factor`), as `openuni make-tiny`
+    does for training try-outs. The tests' model keeps the real DC-AE's factor; its latents are ~400 wide."""
     root = Path(root)
     paths = TinyOpenUni(
         root=root,
@@ -294,6 +308,8 @@ def build_tiny_openuni(root: str | Path, seed: int = 0) -> TinyOpenUni:
 
     vae = AutoencoderDC(**TINY_VAE)
     _perturb(vae, generator)
+    if unit_latents:  # (its own generator: the other components' weights stay the same either way)
+        calibrate_scaling_factor(vae, torch.Generator().manual_seed(seed + 2))
     vae.save_pretrained(paths.vae)
 
     DPMSolverMultistepScheduler(**SANA_SCHEDULER_CONFIG).save_pretrained(paths.scheduler)
@@ -305,3 +321,57 @@ def build_tiny_openuni(root: str | Path, seed: int = 0) -> TinyOpenUni:
     release.update({f"transformer.{k}": v for k, v in transformer.state_dict().items()})
     torch.save(release, paths.checkpoint)
     return paths
+
+
+# (caption, background, shape colour, shape, width, height): a few images of several aspect ratios.
+TINY_IMAGES = [
+    ("a red square on a blue background", "blue", "red", "rectangle", 80, 64),
+    ("a yellow disc on a green background", "green", "yellow", "ellipse", 64, 64),
+    ("a white square on black", "black", "white", "rectangle", 64, 96),
+    ("an orange disc on a purple background", "purple", "orange", "ellipse", 96, 64),
+    ("a black square on a white background", "white", "black", "rectangle", 64, 80),
+    ("a pink disc on a grey background", "grey", "pink", "ellipse", 72, 72),
+]
+
+
+def write_tiny_dataset(root: str | Path) -> Path:
+    """A tiny dataset in the reference's layout (`index.json` of {image, annotation}, captions in .txt and .json
+    files beside the images), to try `openuni train` on. Returns the index file."""
+    import PIL.Image
+    import PIL.ImageDraw
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (caption, background, colour, shape, width, height) in enumerate(TINY_IMAGES):
+        image = PIL.Image.new("RGB", (width, height), background)
+        box = (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
+        getattr(PIL.ImageDraw.Draw(image), shape)(box, fill=colour)
+        image.save(root / f"{i:04d}.png")
+        annotation = f"{i:04d}.{'json' if i % 2 else 'txt'}"  # the reference reads both
+        (root / annotation).write_text(json.dumps({"caption": caption}) if i % 2 else caption, encoding="utf-8")
+        entries.append({"image": f"{i:04d}.png", "annotation": annotation})
+    index = root / "index.json"
+    index.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    return index
+
+
+def write_tiny_train_config(tiny: TinyOpenUni, index: Path, output_dir: str | Path) -> Path:
+    """A `openuni train` config that finetunes the tiny model on `index` on a CPU in seconds: the finetuning preset
+    with the tiny components, its resolution (64 px) and a small batch. Returns the YAML file."""
+    import yaml
+
+    values = dict(
+        preset="finetune-b-512",
+        mllm=str(tiny.mllm.resolve()), transformer=str(tiny.transformer.resolve()), vae=str(tiny.vae.resolve()),
+        scheduler=str(tiny.scheduler.resolve()), init_checkpoint=str(tiny.checkpoint.resolve()),
+        connector_heads=tiny.connector_heads,
+        data=[dict(kind="json", path=str(index.resolve()))],
+        resolution=64, batch_size=2, num_workers=0, max_steps=20, lr=1e-4, warmup_ratio=0.1,
+        mixed_precision="no", log_with="none", output_dir=str(Path(output_dir).resolve()),
+        checkpoint_every=10, keep_checkpoints=1, log_every=5, sample_every=10, sample_steps=4,
+    )
+    path = tiny.root / "train.yaml"
+    path.write_text("# openuni train " + str(path) + " [key=value ...]: the tiny model on the tiny dataset\n"
+                    + yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path

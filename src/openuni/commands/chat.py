@@ -2,7 +2,8 @@
 
 With a question it answers once. Without one it reads questions line by line from standard input and keeps the
 conversation; `/image PATH` attaches an image to the next question, `/reset` starts over, `/exit` (or end of
-input) quits. Only the MLLM is loaded.
+input, Ctrl-D) quits. At a terminal, lines are edited and recalled with readline (arrow keys, history). Only the
+MLLM is loaded.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--seed", type=int, help="seed for sampling")
     group.add_argument("--max-tiles", type=int, default=12, help="448-px tiles per image, thumbnail aside (default 12)")
     group.add_argument("--system", help="system prompt (default: InternVL3's own; '' for none)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted="interrupted")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -77,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
         return Conversation(system_prompt=system_prompt)
 
     if args.question is not None:
-        answer_streamed(chat, args.question, args.image, new_conversation(), settings)
+        try:
+            answer_streamed(chat, args.question, args.image, new_conversation(), settings)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            print("openuni chat: answer stopped", file=sys.stderr)
+            return 130
         return 0
     return interactive(chat, list(args.image), new_conversation, settings)
 
@@ -93,16 +99,22 @@ def answer_streamed(chat, question: str, images: list, conversation, settings: d
 def interactive(chat, pending_images: list, new_conversation, settings: dict) -> int:
     """One question per input line; a bad line prints an error and the conversation goes on. An image is checked
     when it is attached, and a question that fails drops the images attached to it (saying so), so one bad file
-    never spoils the questions after it."""
+    never spoils the questions after it. At a terminal, lines are edited and recalled with readline; Ctrl-C stops
+    an answer (or, at the prompt, says how to quit) and Ctrl-D quits."""
     conversation = new_conversation()
     prompting = sys.stdin.isatty()
+    editing = prompting and sys.stdout.isatty() and line_editing()
     if prompting:
         print(HELP_LINE, file=sys.stderr)
     while True:
-        if prompting:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        try:
+            line = read_line(prompting, editing)
+        except KeyboardInterrupt:
+            print("\n(Ctrl-D or /exit quits)", file=sys.stderr)
+            continue
+        if line is None:
+            if prompting:  # the shell's prompt must start on a line of its own
+                print(file=sys.stderr)
             return 0
         line = line.strip()
         if not line:
@@ -111,6 +123,7 @@ def interactive(chat, pending_images: list, new_conversation, settings: dict) ->
             return 0
         if line == "/reset":
             conversation, pending_images = new_conversation(), []
+            print("new conversation: earlier questions, answers and attached images are forgotten", file=sys.stderr)
             continue
         if line.startswith("/image"):
             attach(chat, line[len("/image"):].strip(), pending_images)
@@ -124,7 +137,31 @@ def interactive(chat, pending_images: list, new_conversation, settings: dict) ->
             dropped = f"; the {len(pending_images)} attached image(s) were dropped (attach again with /image)" \
                 if pending_images else ""
             print(f"openuni chat: error: {error}{dropped}", file=sys.stderr)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            print("(answer stopped; the conversation keeps it as far as it went)", file=sys.stderr)
         pending_images = []
+
+
+def line_editing() -> bool:
+    """Arrow keys, line editing and history for `input()` (readline is missing on some platforms)."""
+    try:
+        import readline  # noqa: F401  (importing it is what turns it on)
+    except ImportError:
+        return False
+    return True
+
+
+def read_line(prompting: bool, editing: bool) -> str | None:
+    """The next line typed or piped in; None at the end of input."""
+    if editing:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    if prompting:
+        print("> ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline() or None
 
 
 def attach(chat, text: str, pending_images: list) -> None:

@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="serve the web demo (generate, edit, chat)",
                                    description="Serve a web page to generate and edit images and to chat about "
                                                "them, all with one loaded model. Needs gradio: "
-                                               "pip install 'openuni[demo]'.")
+                                               'pip install -e ".[demo]".')
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
@@ -40,10 +40,25 @@ def run(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise OpenUniError("the demo needs gradio: pip install 'openuni[demo]'") from None
+        raise OpenUniError('the demo needs gradio: pip install -e ".[demo]"') from None
     from ..demo import MAX_UPLOAD_SIZE, DemoApp
 
     check_port_free(args.host, args.port)
     page = DemoApp(pipeline_from_args(args)).build()
-    page.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_SIZE)
+    # (quiet: gradio's own banner tells users to edit `launch()`; ours names this command's flags)
+    page.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_SIZE,
+                quiet=True, prevent_thread_lock=True)
+    print(banner(page.local_url, page.share_url, args.share), flush=True)
+    page.block_thread()
     return 0
+
+
+def banner(local_url: str, share_url: str | None, share_asked: bool) -> str:
+    lines = [f"OpenUni demo running on {local_url} (Ctrl-C stops it)"]
+    if share_url:
+        lines.append(f"public link, temporary: {share_url}")
+    elif share_asked:
+        lines.append("no public link could be made (see above); the local address works")
+    else:
+        lines.append("--share also opens a temporary public link (gradio.live)")
+    return "\n".join(lines)

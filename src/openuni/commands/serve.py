@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         "serve", help="serve an OpenAI-compatible HTTP API (images, edits, chat)",
         description="Serve /v1/images/generations, /v1/images/edits, /v1/chat/completions, /v1/models, /health "
                     "and /metrics on one loaded model, batching concurrent requests. Needs the 'serve' extra: "
-                    "pip install 'openuni[serve]'. Ray Serve: docs/serving.md.")
+                    "pip install -e '.[serve]'. Ray Serve: docs/serving.md.")
     add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -44,7 +44,7 @@ def require_serving_packages() -> None:
         import uvicorn  # noqa: F401
     except ImportError as error:
         raise OpenUniError(f"openuni serve needs the 'serve' extra ({error.name} is missing): "
-                           "pip install 'openuni[serve]'") from None
+                           "pip install -e '.[serve]'") from None
 
 
 def run(args: argparse.Namespace) -> int:

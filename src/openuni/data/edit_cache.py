@@ -13,17 +13,14 @@ Shards are laid out, resumed and spread over processes as `latent_cache` does fo
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from ..files import write_atomically
-from .images import BadSample, crop_to, resize_to, to_pixels
-from .latent_cache import LatentExtractor, shard_path, shard_samples
-
-logger = logging.getLogger(__name__)
+from .images import crop_to, resize_to, to_pixels
+from .latent_cache import LatentExtractor
 
 
 def source_and_target(sample: dict, resolution: int):
@@ -59,34 +56,14 @@ class EditExtractor(LatentExtractor):
             features = self.features(sources.float() / 127.5 - 1.0).cpu()
         return [dict(latents=l, source_features=f) for l, f in zip(latents, features)]
 
-    def extract_shard(self, shard: int, on_sample=lambda: None) -> int:
-        encoded, instructions, keys, pending, skipped = [], [], [], [], 0
+    def encode_samples(self, samples: list[dict]) -> list[tuple]:
+        """(tensors, instruction, key) of each sample of a batch."""
+        pairs = self.encode_pairs([source_and_target(s, self.resolution) for s in samples])
+        return [(tensors, s["instruction"], s["key"]) for tensors, s in zip(pairs, samples)]
 
-        def encode_pending():
-            encoded.extend(self.encode_pairs([source_and_target(s, self.resolution) for s in pending]))
-            instructions.extend(s["instruction"] for s in pending)
-            keys.extend(s["key"] for s in pending)
-            pending.clear()
-
-        for sample in shard_samples(self.source, self.plan[shard]):
-            on_sample()
-            if isinstance(sample, BadSample):
-                skipped += 1
-                logger.warning("skipping an unusable sample: %s", sample)
-                continue
-            pending.append(sample)
-            if len(pending) == self.batch_size:
-                encode_pending()
-        if pending:
-            encode_pending()
-        self.skipped += skipped
-        if not encoded:  # (as text-to-image shards: an empty one would count as done on a corrected rerun)
-            self.empty.append(self.why_empty(shard, skipped))
-            return 0
-        self.output.mkdir(parents=True, exist_ok=True)
-        write_edit_shard(shard_path(self.output, shard), encoded, instructions, keys, skipped, self.task,
-                         self.resolution)
-        return len(encoded)
+    def write(self, path, encoded: list[tuple], skipped: int) -> None:
+        tensors, instructions, keys = zip(*encoded)
+        write_edit_shard(path, list(tensors), list(instructions), list(keys), skipped, self.task, self.resolution)
 
 
 def write_edit_shard(path, samples: list[dict[str, torch.Tensor]], instructions: list[str], keys: list[str],

@@ -23,11 +23,10 @@ from pathlib import Path
 import PIL.Image
 from safetensors import safe_open
 
-from ..errors import OpenUniError
 from ..prompting import RECONSTRUCTION_INSTRUCTION
 from .images import BadSample, decode_image
-from .sources import (IMAGE_EXTENSIONS, IMAGE_TO_IMAGE, LATENT_SHARD_GLOB, JsonImageFolder, WebDatasetShards,
-                      cached_task, caption_from_json, check_shard)
+from .sources import (IMAGE_EXTENSIONS, IMAGE_TO_IMAGE, JsonImageFolder, WebDatasetShards, caption_from_json,
+                      index_latent_shards)
 
 INSTRUCTION_KEYS = ("instruction", "caption", "prompt")
 
@@ -112,23 +111,10 @@ class CachedEdits:
 
     def __init__(self, path: str | Path, expected_task: str):
         self.path = Path(path)
-        shards = sorted(self.path.glob(LATENT_SHARD_GLOB))
-        if not shards:
-            raise OpenUniError(f"{self.path}: no latent shards ({LATENT_SHARD_GLOB}); run `openuni extract-latents "
-                               f"--task {expected_task}`")
-        self.index: list[tuple[Path, int]] = []
-        self.instructions: dict[Path, list[str]] = {}
-        for shard in shards:
-            check_shard(shard)
-            with safe_open(shard, framework="pt") as reader:
-                metadata = reader.metadata()
-            if cached_task(metadata) != expected_task:
-                raise OpenUniError(f"{shard} holds {cached_task(metadata)} samples, this source is `task: "
-                                   f"{expected_task}`: extract with `--task {expected_task}` or change the task")
-            self.instructions[shard] = json.loads(metadata["instructions"])
-            self.index.extend((shard, i) for i in range(len(self.instructions[shard])))
-        if not self.index:
-            raise OpenUniError(f"{self.path}: the latent shards hold no samples")
+        self.index, self.instructions = index_latent_shards(
+            self.path, expected_task, "instructions", f" --task {expected_task}",
+            lambda shard, found: f"{shard} holds {found} samples, this source is `task: {expected_task}`: extract "
+                                 f"with `--task {expected_task}` or change the task")
 
     def __len__(self) -> int:
         return len(self.index)

@@ -134,20 +134,21 @@ class LatentExtractor:
                 todo.append(shard)
         return todo
 
-    def encode_batch(self, images) -> list[torch.Tensor]:
-        pixels = torch.stack([to_pixels(crop_to(image, self.resolution, self.resolution)) for image in images])
+    def encode_samples(self, samples: list[dict]) -> list[tuple]:
+        """(latents, caption, key) of each sample of a batch."""
+        pixels = torch.stack([to_pixels(crop_to(s["image"], self.resolution, self.resolution)) for s in samples])
         with torch.no_grad():
-            return list(self.encode(pixels).float().cpu())
+            latents = self.encode(pixels).float().cpu()
+        return [(l, s["caption"], s["key"]) for l, s in zip(latents, samples)]
+
+    def write(self, path: Path, encoded: list[tuple], skipped: int) -> None:
+        latents, captions, keys = zip(*encoded)
+        write_shard(path, list(latents), list(captions), list(keys), skipped, self.resolution)
 
     def extract_shard(self, shard: int, on_sample=lambda: None) -> int:
-        latents, captions, keys, pending, skipped = [], [], [], [], 0
-
-        def encode_pending():
-            latents.extend(self.encode_batch([s["image"] for s in pending]))
-            captions.extend(s["caption"] for s in pending)
-            keys.extend(s["key"] for s in pending)
-            pending.clear()
-
+        """Encode one shard's usable samples `batch_size` at a time and write it whole; returns its sample count.
+        Only the encoded tensors and texts are held until the write, never the images."""
+        encoded, pending, skipped = [], [], 0
         for sample in shard_samples(self.source, self.plan[shard]):
             on_sample()
             if isinstance(sample, BadSample):
@@ -156,16 +157,17 @@ class LatentExtractor:
                 continue
             pending.append(sample)
             if len(pending) == self.batch_size:
-                encode_pending()
+                encoded.extend(self.encode_samples(pending))
+                pending = []
         if pending:
-            encode_pending()
+            encoded.extend(self.encode_samples(pending))
         self.skipped += skipped
-        if not latents:
+        if not encoded:  # an empty shard file would count as done on a corrected rerun
             self.empty.append(self.why_empty(shard, skipped))
             return 0
         self.output.mkdir(parents=True, exist_ok=True)
-        write_shard(shard_path(self.output, shard), latents, captions, keys, skipped, self.resolution)
-        return len(latents)
+        self.write(shard_path(self.output, shard), encoded, skipped)
+        return len(encoded)
 
     def why_empty(self, shard: int, skipped: int) -> str:
         part = self.plan[shard]

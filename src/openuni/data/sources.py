@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 
 import PIL.Image
-import torch
 from safetensors import safe_open
 
 from ..errors import OpenUniError, reason
@@ -147,6 +146,29 @@ def check_shard(path: Path) -> None:
                            "the same settings to redo it")
 
 
+def index_latent_shards(path: Path, task: str, texts_key: str, extract_flags: str, other_task) -> tuple:
+    """Every sample of a folder of `extract-latents` shards of `task`: its (shard, position) pairs and each shard's
+    texts (metadata `texts_key`: captions or instructions). Torn shards, shards of another task (`other_task(shard,
+    found)` says what to do) and folders without samples are refused in one line when the folder is opened."""
+    shards = sorted(path.glob(LATENT_SHARD_GLOB))
+    if not shards:
+        raise OpenUniError(f"{path}: no latent shards ({LATENT_SHARD_GLOB}); run `openuni extract-latents"
+                           f"{extract_flags}`")
+    index: list[tuple[Path, int]] = []
+    texts: dict[Path, list[str]] = {}
+    for shard in shards:
+        check_shard(shard)
+        with safe_open(shard, framework="pt") as reader:
+            metadata = reader.metadata()
+        if cached_task(metadata) != task:
+            raise OpenUniError(other_task(shard, cached_task(metadata)))
+        texts[shard] = json.loads(metadata[texts_key])
+        index.extend((shard, i) for i in range(len(texts[shard])))
+    if not index:
+        raise OpenUniError(f"{path}: the latent shards hold no samples")
+    return index, texts
+
+
 class CachedLatents:
     """Latent shards written by `openuni extract-latents`: tensors `latents.{i}` + captions in the metadata. A torn
     or inconsistent shard is refused when the folder is opened, not when training reaches it."""
@@ -155,23 +177,10 @@ class CachedLatents:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        shards = sorted(self.path.glob(LATENT_SHARD_GLOB))
-        if not shards:
-            raise OpenUniError(f"{self.path}: no latent shards ({LATENT_SHARD_GLOB}); run `openuni extract-latents`")
-        self.index: list[tuple[Path, int]] = []
-        self.captions: dict[Path, list[str]] = {}
-        for shard in shards:
-            check_shard(shard)
-            with safe_open(shard, framework="pt") as reader:
-                metadata = reader.metadata()
-            if cached_task(metadata) != "text2image":
-                raise OpenUniError(f"{shard} holds {cached_task(metadata)} samples (source images and target "
-                                   f"latents): give this source `task: {cached_task(metadata)}`")
-            captions = json.loads(metadata["captions"])
-            self.captions[shard] = captions
-            self.index.extend((shard, i) for i in range(len(captions)))
-        if not self.index:
-            raise OpenUniError(f"{self.path}: the latent shards hold no samples")
+        self.index, self.captions = index_latent_shards(
+            self.path, TEXT_TO_IMAGE, "captions", "",
+            lambda shard, found: f"{shard} holds {found} samples (source images and target latents): give this "
+                                 f"source `task: {found}`")
 
     def __len__(self) -> int:
         return len(self.index)

@@ -46,7 +46,7 @@ class Mask2FormerDetector:
 
         if importlib.util.find_spec("scipy") is None:
             raise OpenUniError("GenEval scoring needs scipy (transformers' Mask2Former uses it): "
-                               "pip install 'openuni[eval]'")
+                               "pip install -e '.[eval]'")
 
         self.model = _load(Mask2FormerForUniversalSegmentation.from_pretrained, checkpoint, "detector", "--detector")
         self.model.to(device).eval()

@@ -5,5 +5,5 @@ batching.py   the cross-request batcher and its worker thread           service.
 chat_messages.py  OpenAI chat messages -> an InternVLChat conversation  app.py        the FastAPI routes
 metrics.py    Prometheus metrics                                        ray_app.py    the Ray Serve deployment
 
-Needs the `serve` extra (`pip install 'openuni[serve]'`); nothing here is imported by `import openuni`.
+Needs the `serve` extra (`pip install -e '.[serve]'`); nothing here is imported by `import openuni`.
 """

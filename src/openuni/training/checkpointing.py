@@ -1,8 +1,8 @@
 """Training checkpoints on disk: written atomically, the last K kept, the latest complete one found again.
 
-A checkpoint is `checkpoints/step-00001000/`: accelerate's state (model, optimiser, LR scheduler, RNG) plus
-`trainer_state.json` (step and counters). It is written as `.step-00001000.partial` and renamed when complete, so
-a crash mid-write leaves nothing that looks finished.
+A checkpoint is `checkpoints/step-00001000/`: accelerate's state (what trains, optimiser, RNG) plus
+`trainer_state.json` (step, counters, LR scheduler: JSON, never a pickle). It is written as `.step-00001000.partial`
+and renamed when complete, so a crash mid-write leaves nothing that looks finished.
 """
 
 from __future__ import annotations

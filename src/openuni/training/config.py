@@ -54,7 +54,7 @@ class TrainConfig:
     data: list[DataSource] = field(default_factory=list)
     resolution: int = 512
     aspect_buckets: bool = False
-    num_workers: int = 4
+    num_workers: int | None = None  # data loader processes per training process; None: as many as the CPUs allow
     caption_dropout: float = 0.1
     max_prompt_tokens: int = 128
     # optimisation
@@ -87,12 +87,12 @@ class TrainConfig:
     sample_steps: int = 20
     sample_edits: list[dict] = field(default_factory=list)  # [{image: PATH, instruction: TEXT}] edited in the grid
 
-    def check(self) -> None:
+    def check(self, require_data: bool = True) -> None:
         """The whole config, before anything is loaded: a bad setting must not surface at the first sample step (or
-        never), nor as a traceback of the library that reads it."""
+        never), nor as a traceback of the library that reads it. (`require_data=False`: a preset shown as it is.)"""
         if self.variant not in VARIANTS:
             raise OpenUniError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
-        if not self.data:
+        if not self.data and require_data:
             raise OpenUniError("no training data: set `data` in the config (see docs/training.md)")
         for i, source in enumerate(self.data):
             if source.kind not in ("json", "webdataset", "latents") or not source.path:
@@ -135,7 +135,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise OpenUniError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("num_workers", "sample_every", "lora_rank"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise OpenUniError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 1 <= self.sample_steps <= MAX_STEPS:
             raise OpenUniError(f"sample_steps must be between 1 and {MAX_STEPS}, got {self.sample_steps}")
@@ -199,7 +199,7 @@ def require_packages(wanted: dict[str, bool]) -> None:
     would otherwise be an ImportError deep inside the run."""
     missing = [name for name, needed in wanted.items() if needed and importlib.util.find_spec(name) is None]
     if missing:
-        raise OpenUniError(f"this needs {', '.join(missing)}: pip install 'openuni[train]'"
+        raise OpenUniError(f"this needs {', '.join(missing)}: pip install -e '.[train]'"
                            + (" wandb" if "wandb" in missing else ""))
 
 
@@ -267,7 +267,7 @@ def apply_override(values: dict, key: str, value) -> None:
     target[parts[-1]] = value
 
 
-def build_config(source: str, overrides: list[str]) -> TrainConfig:
+def build_config(source: str, overrides: list[str], require_data: bool = True) -> TrainConfig:
     """A preset name or a YAML file, then the `key=value` overrides, checked."""
     if source in PRESETS:
         values = dict(PRESETS[source])
@@ -292,7 +292,7 @@ def build_config(source: str, overrides: list[str]) -> TrainConfig:
         if not sep or not key:
             raise OpenUniError(f"override {override!r} is not key=value")
         apply_override(values, key.strip(), parse_value(text))
-    return from_dict(values)
+    return from_dict(values, require_data)
 
 
 def typed_value(name: str, value, annotation):
@@ -330,7 +330,7 @@ def typed_values(cls, values: dict, prefix: str = "") -> dict:
     return {key: typed_value(prefix + key, value, hints[key]) for key, value in values.items()}
 
 
-def from_dict(values: dict) -> TrainConfig:
+def from_dict(values: dict, require_data: bool = True) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -346,5 +346,5 @@ def from_dict(values: dict) -> TrainConfig:
     config = TrainConfig(**values)
     for source in config.data:  # sources that name no task take the run's (the preset's) one
         source.task = source.task or config.task
-    config.check()
+    config.check(require_data)
     return config

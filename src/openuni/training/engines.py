@@ -77,6 +77,15 @@ def engage_fsdp_on_gloo(accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
+def fit_fsdp_wrap_policy(plugin, model) -> None:
+    """Wrap only the layer classes of the config that this model holds: a frozen SANA is not part of the trained
+    model in pretraining, and accelerate refuses a class it cannot find (the connector's layers are always there)."""
+    names = getattr(plugin, "transformer_cls_names_to_wrap", None) if plugin is not None else None
+    if names:
+        present = {type(module).__name__ for module in model.modules()}
+        plugin.transformer_cls_names_to_wrap = [name for name in names if name in present] or names
+
+
 def require_deepspeed() -> None:
     try:
         import deepspeed  # noqa: F401
@@ -126,5 +135,6 @@ def merge_command(directory: str | Path, engine: str) -> str:
     if engine == FSDP:
         return f"accelerate merge-weights {directory / 'pytorch_model_fsdp_0'} OUT_DIR"
     if engine == DEEPSPEED:
-        return f"python {directory / 'zero_to_fp32.py'} {directory} OUT_DIR --safe_serialization"
+        # DeepSpeed's installed copy of the script, not the one in the checkpoint (a file from disk is never run).
+        return f"python -m deepspeed.utils.zero_to_fp32 {directory} OUT_DIR --safe_serialization"
     return f"the weights are {directory / 'model.safetensors'}"

@@ -6,6 +6,7 @@ The engine comes from the accelerate config the run is launched with; nothing he
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +18,15 @@ from ..data.collate import stack_latents, tokenize_edit_prompts, tokenize_prompt
 from ..data.images import aspect_buckets
 from ..data.sources import TEXT_TO_IMAGE, open_source
 from ..data.stream import SampleStream, StreamLayout, sample_generator
-from ..devices import cpu_only
 from ..errors import OpenUniError
 from ..loading import Components, load_components
 from ..model import OpenUni
 from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
+from .checkpoint_files import check_checkpoint_files, safe_deepspeed_loading
+from .engines import (DDP, DEEPSPEED, FSDP, check_resumable, engine_accelerator, fit_fsdp_wrap_policy,
+                      running_engine)
 from .model import configure_trainable, merge_lora, training_scheduler
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -52,23 +55,27 @@ def batch_noise(indices: list[int], latents: torch.Tensor, seed: int) -> tuple[t
 
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None):
-        from accelerate import Accelerator
-        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
         require_training_packages(config)
         self.config = config
         log_with = None if str(config.log_with).lower() in ("none", "") else config.log_with
-        self.accelerator = accelerator or Accelerator(
-            cpu=cpu_only(),
+        # The engine is the one `accelerate launch` was asked for (DDP, FSDP2, DeepSpeed), on GPUs and CPUs alike.
+        self.accelerator = accelerator or engine_accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False),
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
         )
+        self.engine = running_engine(self.accelerator)
+        self.refuse_sampling_on_sharded_weights()
         self.output_dir = Path(config.output_dir)
         self.sources = [open_source(s.kind, s.path, s.task or config.task, **self.source_options(s))
                         for s in config.data]
         self.sample_edits = load_sample_edits(config.sample_edits)
+        # Everything drawn from the global generators (a fresh connector, LoRA's initial adapters) is a function of
+        # the seed, the same on every process; data order, caption dropout and noise have their own per-sample draws.
+        set_seed(config.seed)
         parts = load_training_components(config, self.accelerator.device)
         self.tokenizer, self.sampling_scheduler = parts.tokenizer, parts.scheduler
         self.model = OpenUni(parts.mllm, parts.connector, parts.transformer, parts.vae,
@@ -76,6 +83,13 @@ class Trainer:
         self.lower_frozen_precision()
         configure_trainable(self.model, config.train_transformer, config.lora_rank, config.lora_alpha,
                             config.activation_checkpointing)
+        # Checkpoints hold what trains: a frozen SANA leaves the wrapped model (as the MLLM and VAE), and the
+        # frozen base weights under LoRA are left out of what is saved.
+        if not (config.train_transformer or config.lora_rank):
+            self.model.hold_transformer_frozen()
+            if self.engine == DEEPSPEED and config.mixed_precision != "no":
+                # DeepSpeed runs without autocast and would have cast it with the model it wraps: as it did.
+                self.model.transformer.to(torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16)
         try:
             self.optimizer = build_optimizer(self.model, config.lr, config.betas, config.weight_decay)
         except ValueError as error:
@@ -83,12 +97,28 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config.max_steps, config.warmup_ratio,
                                                config.warmup_start_factor)
         self.fill_deepspeed_config()
+        if self.engine == FSDP:
+            fit_fsdp_wrap_policy(self.accelerator.state.fsdp_plugin, self.model)
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        # Stepped once per optimisation step by us (accelerate would step a prepared one once per process).
-        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+        # The LR scheduler is stepped once per optimisation step by us (accelerate would step a prepared one once
+        # per process) and saved in trainer_state.json: registered with accelerate it would be a pickle.
+        if self.engine == DEEPSPEED:
+            safe_deepspeed_loading(self.wrapped)
+        self.accelerator.register_save_state_pre_hook(self.leave_out_frozen_weights)
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
+
+    def refuse_sampling_on_sharded_weights(self) -> None:
+        """Sample grids generate on the main process with the whole model: under FSDP and ZeRO-3 it holds a shard."""
+        sampling = self.config.sample_every and (self.config.sample_prompts or self.config.sample_edits)
+        plugin = self.accelerator.state.deepspeed_plugin
+        zero3 = plugin is not None and plugin.zero_stage == 3
+        if sampling and (self.engine == FSDP or zero3):
+            raise OpenUniError(f"sample_every needs the whole model on the main process, which "
+                               f"{'FSDP' if self.engine == FSDP else 'DeepSpeed ZeRO-3'} shards: set sample_every=0 "
+                               f"(and sample from the exported pipeline), or train with configs/accelerate/ddp.yaml or "
+                               f"deepspeed_zero2.yaml")
 
     def fill_deepspeed_config(self) -> None:
         """What accelerate needs from us under DeepSpeed: we prepare no DataLoader for it to read the batch size
@@ -114,8 +144,16 @@ class Trainer:
         layout = StreamLayout(config.seed, config.batch_size, config.grad_accum, acc.process_index, acc.num_processes)
         buckets = aspect_buckets(config.resolution) if config.aspect_buckets else None
         stream = SampleStream(self.sources, [s.ratio for s in config.data], layout, self.step, config.resolution, buckets)
-        return DataLoader(stream, batch_size=None, num_workers=config.num_workers,
-                          persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+        workers = self.data_workers()
+        return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=acc.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def data_workers(self) -> int:
+        """`num_workers`, or by default up to 4 per process that the machine's CPUs can run beside the training
+        processes on it (none on a machine of 2 cores or fewer, where they would only take turns)."""
+        if self.config.num_workers is not None:
+            return self.config.num_workers
+        return default_data_workers(available_cpus(), local_processes(self.accelerator))
 
     @staticmethod
     def source_options(source) -> dict:
@@ -181,15 +219,56 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        found = checkpointing.resolve_resume(self.config.resume, self.output_dir)
+        acc = self.accelerator
+        # One decision, the main process's, checked by every process (a process that cannot read it stops all).
+        found = checkpointing.agreed_resume(acc, self.config.resume, self.output_dir, check=self.check_resumable)
         if found is None:
             return
         state = checkpointing.read_trainer_state(found)
         self.warn_about_changed_data_settings(state)
-        self.accelerator.load_state(str(found))
+        # What is not in the checkpoint is frozen and comes from the model's own sources, as at the start.
+        lean = {DDP: dict(strict=False), DEEPSPEED: dict(load_module_strict=False)}.get(self.engine, {})
+        self.accelerator.load_state(str(found), **lean)
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
         self.losses = state.get("losses", [])
         self.accelerator.print(f"resumed from {found} at step {self.step}")
+
+    def frozen_names(self, model=None) -> set[str]:
+        """The frozen parameters' names in the unwrapped model (as accelerate's saved state dicts name them)."""
+        model = self.accelerator.unwrap_model(model or self.wrapped)
+        return {name for name, p in model.named_parameters() if not p.requires_grad}
+
+    def leave_out_frozen_weights(self, models, weights, output_dir) -> None:
+        """accelerate's save pre-hook: the state dicts it is about to write (DDP, one process) lose the frozen
+        parameters (LoRA's base weights); DeepSpeed is told the same by `exclude_frozen_parameters`."""
+        for model, state in zip(models, weights):
+            for name in self.frozen_names(model):
+                state.pop(name, None)
+                state.pop(f"module.{name}", None)  # (a DDP wrapper's names, should accelerate keep them)
+
+    def checkpoint_keys(self) -> set[str]:
+        return set(self.accelerator.unwrap_model(self.wrapped).state_dict()) - self.frozen_names()
+
+    def check_resumable(self, checkpoint: Path) -> None:
+        """This engine and process count can resume `checkpoint`, which holds only trusted, whole files and, under
+        DDP, exactly the weights this run trains."""
+        check_resumable(checkpoint, self.engine, self.accelerator.num_processes)
+        check_checkpoint_files(checkpoint, self.engine)
+        if self.engine not in (FSDP, DEEPSPEED):
+            from safetensors import safe_open
+
+            with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as file:
+                saved = set(file.keys())
+            expected = self.checkpoint_keys()
+            if saved != expected:
+                odd = sorted(saved ^ expected)
+                raise OpenUniError(f"{checkpoint / 'model.safetensors'} holds other weights than this run trains "
+                                   f"({len(saved)} saved, {len(expected)} trained; e.g. {odd[0]}): resume it with the "
+                                   "settings it was written with (train_transformer, lora_rank, connector)")
+        if "lr_scheduler" not in checkpointing.read_trainer_state(checkpoint):
+            raise OpenUniError(f"{checkpoint / checkpointing.STATE_FILE} has no lr_scheduler state: it was not written "
+                               "by this version of openuni")
 
     def warn_about_changed_data_settings(self, state: dict) -> None:
         """The data position is the step, read with the checkpoint's seed, data and global batch: with other ones
@@ -200,22 +279,30 @@ class Trainer:
         if changed:
             logger.warning("resuming with other %s than the checkpoint's: the run will not continue the same sample "
                            "sequence and loss curve", ", ".join(changed))
+        streamed = any(source.kind == "webdataset" for source in self.config.data)
+        if streamed and "data_readers" in saved and saved["data_readers"] != now["data_readers"]:
+            logger.warning("resuming with %d WebDataset readers (processes x data workers) where the checkpoint had "
+                           "%d: the shards are split between the readers, so from here on each reads other shards and "
+                           "the run trains on other samples than the interrupted one would have (JSON and cached-latent "
+                           "sources are not affected)", now["data_readers"], saved["data_readers"])
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
         partial = checkpointing.partial_path(self.output_dir, self.step)
-        acc.save_state(str(partial))
+        acc.save_state(str(partial), **(dict(exclude_frozen_parameters=True) if self.engine == DEEPSPEED else {}))
         # Every process writes its part (its RNG state, its ZeRO/FSDP shards): all must be done before the rename.
         acc.wait_for_everyone()
         if acc.is_main_process:
             checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
-                                                            losses=self.losses, config=self.saved_config()))
+                                                            losses=self.losses, config=self.saved_config(),
+                                                            lr_scheduler=self.lr_scheduler.state_dict()))
             checkpointing.publish(self.output_dir, self.step, self.config.keep_checkpoints)
         acc.wait_for_everyone()
 
     def saved_config(self) -> dict:
         config = self.config.to_dict()
         config["global_batch"] = self.config.batch_size * self.config.grad_accum * self.accelerator.num_processes
+        config["data_readers"] = self.accelerator.num_processes * max(1, self.data_workers())
         return config
 
     def export(self, directory: Path) -> None:
@@ -231,6 +318,8 @@ class Trainer:
         connector = type(trained.connector).from_config(trained.connector.config)
         connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
         transformer_state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+        if not transformer_state:  # held frozen outside the trained model: as it was loaded
+            transformer_state = trained.transformer.state_dict()
         if config.lora_rank:
             transformer_state = merge_lora(transformer_state, (config.lora_alpha or config.lora_rank) / config.lora_rank)
         transformer = type(trained.transformer).from_config(trained.transformer.config)
@@ -328,6 +417,24 @@ class Trainer:
                 import numpy as np
 
                 tracker.writer.add_images("samples", np.stack([np.asarray(i) for i in images]), self.step, dataformats="NHWC")
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on every platform)
+        return os.cpu_count() or 1
+
+
+def local_processes(accelerator) -> int:
+    """Training processes on this machine (torchrun/accelerate export LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
+def default_data_workers(cpus: int, processes: int) -> int:
+    if cpus <= 2:
+        return 0
+    return max(0, min(4, cpus // max(1, processes) - 1))  # a core of each share is its training process's
 
 
 def load_sample_edits(sample_edits: list[dict]) -> list[tuple]:
