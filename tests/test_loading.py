@@ -131,7 +131,8 @@ def test_unreachable_hub_names_what_to_download(tiny, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OpenUniError, match=r"Efficient-Large-Model/Sana_600M_512px_diffusers.*--transformer PATH.*openuni download openuni-b-512"):
+    with pytest.raises(OpenUniError, match=r"Efficient-Large-Model/Sana_600M_512px_diffusers.*--transformer PATH"
+                                           r".*openuni download openuni-b-512"):
         load_tiny_pipeline(tiny, transformer=None)
 
 
