@@ -479,3 +479,26 @@ def test_interactive_chat_drops_the_images_of_a_failed_question(tiny, work, caps
     captured = capsys.readouterr()
     assert "the 1 attached image(s) were dropped" in captured.err
     assert len(captured.out.strip().splitlines()) == 1
+
+
+def test_sources_smaller_than_the_models_own_patch_are_refused_before_any_edit(tiny, tiny_pipe, work, capsys,
+                                                                                monkeypatch):
+    """The tiny model's vision patch is 16 px, not InternVL3's 14: a 15 px source passes a 14 px check but not this
+    model, in `edit` (before the first edit of the file runs) and in interactive chat's /image."""
+    import io
+    import sys
+
+    import PIL.Image
+
+    assert tiny_pipe.vision_patch_size == 16
+    PIL.Image.new("RGB", (64, 64), "red").save(work / "fine.png")
+    PIL.Image.new("RGB", (15, 40), "red").save(work / "small.png")
+    pairs = work / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "fine.png", "instruction": "make it blue"}) + "\n"
+                     + json.dumps({"image": "small.png", "instruction": "make it green"}) + "\n")
+    refused(capsys, ["edit", "--pairs-file", pairs, "--output", work / "edits", *FAST, *tiny_cli_args(tiny)],
+            "smaller than one 16-pixel patch", work)
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"/image {work / 'small.png'}\n"))
+    assert run_cli(["chat", "--mllm", tiny.mllm, "--device", "cpu", "--max-new-tokens", 3]) == 0
+    assert "smaller than one 16-pixel patch" in capsys.readouterr().err

@@ -98,7 +98,7 @@ def test_numbered_files_get_their_own_index(tiny, tmp_path):
     assert (folder / "metadata.jsonl").read_text() == "the user's own file\n"
     index = [json.loads(line) for line in (folder / "x-metadata.jsonl").read_text().splitlines()]
     assert [(e["prompt"], e["seed"], e["file"]) for e in index] == [
-        ("a boat", 5, str(folder / "x-00000-00.png")), ("a dog", 5, str(folder / "x-00001-00.png"))]
+        ("a boat", 5, "x-00000-00.png"), ("a dog", 5, "x-00001-00.png")]  # relative to the index
 
 
 def test_the_index_is_current_after_every_batch(tmp_path):
@@ -106,11 +106,94 @@ def test_the_index_is_current_after_every_batch(tmp_path):
     from openuni.commands.generate import OutputWriter, output_paths
 
     output = tmp_path / "out"
-    writer = OutputWriter(output, output_paths(output, 2, 2), num_images=2, grid=False, seed=10, unit="prompt")
+    writer = OutputWriter(output, output_paths(output, 2, 2), num_images=2, grid=False, unit="prompt")
     images = [PIL.Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
-    writer.save(images, [(0, {"prompt": "first"})])
+    writer.save(images, [(0, {"prompt": "first", "seed": 10})])
     index = [json.loads(line) for line in (output / "metadata.jsonl").read_text().splitlines()]
     assert [(e["prompt"], e["seed"]) for e in index] == [("first", 10), ("first", 11)]
     assert sorted(p.name for p in output.glob("*.png")) == ["00000-00.png", "00000-01.png"]
-    writer.save(images, [(1, {"prompt": "second"})])
+    writer.save(images, [(1, {"prompt": "second", "seed": 10})])
     assert len((output / "metadata.jsonl").read_text().splitlines()) == 4
+
+
+def read_index(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def png_record(path):
+    with PIL.Image.open(path) as image:
+        return json.loads(image.info["openuni"])
+
+
+def test_every_png_and_the_index_carry_the_full_record(tiny, tmp_path, monkeypatch):
+    from openuni.records import package_version
+
+    folder = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a boat", "a dog", "--num-images", "2", "--seed", "5", "--cfg-scale", "3",
+                 "--negative-prompt", "blurry", "--output", "out", *FAST, *tiny_cli_args(tiny)]) == 0
+    index = read_index(folder / "metadata.jsonl")
+    assert [e["file"] for e in index] == ["00000-00.png", "00000-01.png", "00001-00.png", "00001-01.png"]
+    for entry in index:
+        record = png_record(folder / entry["file"])
+        assert record == {k: v for k, v in entry.items() if k != "file"}
+    first = index[1]
+    assert (first["prompt"], first["negative_prompt"], first["seed"], first["steps"], first["cfg_scale"],
+            first["height"], first["width"]) == ("a boat", "blurry", 6, 2, 3.0, 64, 64)
+    assert first["openuni_version"] == package_version() != "unknown"
+    model = first["model"]
+    assert model["variant"] == "openuni-b-512" and model["connector_heads"] == tiny.connector_heads
+    assert model["checkpoint"] == str(tiny.checkpoint.resolve()) and model["dtype"] == "float32"
+
+
+def test_from_image_makes_the_same_bytes_again(tiny, tmp_path, monkeypatch):
+    from tolerances import assert_images_close
+
+    first = tmp_path / "first.png"
+    assert main(["generate", "a red cube on grass", "--seed", "7", "--cfg-scale", "3.5", "--negative-prompt", "dark",
+                 "--output", str(first), *FAST, *tiny_cli_args(tiny)]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the record's paths hold from any folder
+    assert main(["generate", "--from-image", str(first), "--output", "again.png", "--device", "cpu"]) == 0
+    assert (elsewhere / "again.png").read_bytes() == first.read_bytes()
+
+    # Image 1 of a prompt, made again alone: the same noise and settings, another batch composition.
+    assert main(["generate", "a boat", "--num-images", "2", "--output", str(tmp_path / "pair"), *FAST,
+                 *tiny_cli_args(tiny)]) == 0
+    second = tmp_path / "pair" / "00000-01.png"
+    assert main(["generate", "--from-image", str(second), "--output", "second.png", "--device", "cpu"]) == 0
+    assert png_record(elsewhere / "second.png") == png_record(second)
+    assert_images_close(np.asarray(PIL.Image.open(elsewhere / "second.png")), np.asarray(PIL.Image.open(second)))
+
+
+def test_from_image_refuses_images_without_a_record(tiny, tmp_path, capsys):
+    plain = tmp_path / "plain.png"
+    PIL.Image.new("RGB", (64, 64)).save(plain)
+    assert main(["generate", "--from-image", str(plain), "-o", str(tmp_path / "x.png")]) == 2
+    assert "carries no openuni record" in capsys.readouterr().err
+    made = tmp_path / "made.png"
+    assert main(["generate", "a cat", "-o", str(made), *FAST, *tiny_cli_args(tiny)]) == 0
+    assert main(["generate", "a dog", "--from-image", str(made), "-o", str(tmp_path / "x.png")]) == 2
+    assert "give no prompts with it" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_rewrite_asks_the_mllm_and_records_the_rewritten_prompt(tiny, tiny_pipe, tmp_path):
+    from openuni.rewriting import rewrite_prompts
+
+    out = tmp_path / "rewritten.png"
+    assert main(["generate", "a cat", "--rewrite", "--seed", "3", "-o", str(out), *FAST, *tiny_cli_args(tiny)]) == 0
+    record = png_record(out)
+    # The tiny MLLM's expansion is gibberish, but it is the MLLM's greedy answer, and it is what conditioned the image.
+    (expected,) = rewrite_prompts(tiny_pipe, ["a cat"])
+    assert record["prompt"] == "a cat" and record["rewritten_prompt"] == expected != "a cat"
+    image = tiny_pipe(expected, seed=3, num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), image)
+    # Made again from its record: the recorded rewrite, not a new one, and the same bytes.
+    assert main(["generate", "--from-image", str(out), "-o", str(tmp_path / "again.png"), "--device", "cpu"]) == 0
+    assert (tmp_path / "again.png").read_bytes() == out.read_bytes()
+    # Off by default.
+    plain = tmp_path / "plain.png"
+    assert main(["generate", "a cat", "-o", str(plain), *FAST, *tiny_cli_args(tiny)]) == 0
+    assert "rewritten_prompt" not in png_record(plain)

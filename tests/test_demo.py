@@ -172,3 +172,15 @@ def test_the_served_page_generates_and_chats_over_http(app, tmp_path):
     # The session kept the conversation: the second answer comes after the first exchange.
     assert [m["role"] for m in second[0]] == ["user", "user", "assistant", "user", "assistant"]
     assert second[0][3]["content"][0]["text"] == "Why?"
+
+
+def test_rewrite_generates_from_the_mllms_prompt_and_captions_it(tiny_pipe):
+    from openuni.rewriting import rewrite_prompts
+
+    (rewritten,) = rewrite_prompts(tiny_pipe, ["a cat"])
+    shown = DemoApp(tiny_pipe, rewrite=True).generate("a cat", seed=5, steps=2, width=64, height=64, num_images=2)
+    expected = tiny_pipe(rewritten, seed=5, num_inference_steps=2, width=64, height=64,
+                         num_images_per_prompt=2).images
+    assert [caption for _, caption in shown] == [f"rewritten prompt: {rewritten}"] * 2
+    for (image, _), alone in zip(shown, expected):
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(alone))

@@ -141,7 +141,12 @@ def test_cli_edits_pairs_from_a_file(tiny, tmp_path):
     written = sorted(p.name for p in out.glob("*.png"))
     assert written == ["00000-00.png", "00000-01.png", "00001-00.png", "00001-01.png"]
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    assert [r["instruction"] for r in records] == ["make it blue"] * 2 + ["add a hat"] * 2
+    assert [r["prompt"] for r in records] == ["make it blue"] * 2 + ["add a hat"] * 2
+    # Each record names its source (path and content) and the output size the source's aspect ratio gave.
+    assert [r["source"]["path"] for r in records[::2]] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    with PIL.Image.open(out / "00001-00.png") as image:
+        assert (records[2]["width"], records[2]["height"]) == image.size
+        assert json.loads(image.info["openuni"]) == {k: v for k, v in records[2].items() if k != "file"}
     assert [r["seed"] for r in records] == [42, 43] * 2  # image k of an edit is made from seed + k
     assert PIL.Image.open(out / "00000-00.png").size != PIL.Image.open(out / "00001-00.png").size
 

@@ -225,3 +225,22 @@ def test_each_launched_process_takes_its_own_device():
     assert process_device("cuda", rank_3) == "cuda:3"  # not cuda:0 for all eight processes
     assert process_device("cuda:1", rank_3) == "cuda:1"  # an explicit index is the user's choice
     assert process_device("cpu", torch.device("cpu")) == "cpu"
+
+
+def test_rewrite_is_recorded_and_never_mixed_with_plain_images(tiny_pipe, tmp_path):
+    from openuni.rewriting import rewrite_prompts
+
+    path = tmp_path / "cultural.json"
+    path.write_text(json.dumps([{"prompt_id": 1, "Prompt": "a lantern festival", "Category": "Cultural"}]))
+    prompts = load_wise(path)
+    out = tmp_path / "wise"
+    generate_benchmark(tiny_pipe, "wise", prompts, out, SETTINGS, show_progress=False, rewrite=True)
+    with PIL.Image.open(out / "1.png") as image:
+        record = json.loads(image.info["openuni"])
+    assert record["settings"]["rewrite"] is True
+    assert record["rewritten_prompt"] == rewrite_prompts(tiny_pipe, ["a lantern festival"])[0]
+    with pytest.raises(OpenUniError, match="other settings"):
+        generate_benchmark(tiny_pipe, "wise", prompts, out, SETTINGS, show_progress=False)
+    # Resumed with --rewrite again, the image is recognised as this run's.
+    assert generate_benchmark(tiny_pipe, "wise", prompts, out, SETTINGS, show_progress=False,
+                              rewrite=True)["generated_here"] == 0

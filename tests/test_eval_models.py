@@ -127,3 +127,49 @@ def test_generate_then_score_in_one_command(tiny, tiny_mask2former, tiny_clip, t
     assert summary["scores"]["images"] == 4 and summary["generation"]["steps"] == 1
     assert summary["generation"]["model"]["checkpoint"] == str(tiny.checkpoint)
     assert "## Generation" in (out / "geneval_summary.md").read_text()
+
+
+def test_a_limited_run_is_recorded_and_reported_as_a_smoke_run(tiny, tiny_mask2former, tiny_clip, tmp_path, capsys):
+    from conftest import tiny_cli_args
+    from openuni.cli import main
+
+    lines = [{"tag": tag, "include": [{"class": "person", "count": 1}], "prompt": f"a photo of a person, {tag} {i}"}
+             for tag in ("single_object", "counting") for i in range(3)]
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    metadata.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "geneval"
+    base = ["eval", "geneval", "--output", str(out), "--prompts", str(metadata), "--steps", "1", "--height", "32",
+            "--width", "32", *tiny_cli_args(tiny)]
+    assert main([*base, "--limit", "1", "--score", "--detector", str(tiny_mask2former), "--clip", str(tiny_clip)]) == 0
+    printed = capsys.readouterr().out
+    assert "smoke run: 2 of 6 prompts" in printed and "SMOKE RUN" in printed
+    # The first prompt of each task, under the names a full run gives them.
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00000", "00003"]
+    run = json.loads((out / "openuni_run.json").read_text())
+    assert run["generation"]["smoke_run"] == {"prompts_per_task": 1, "of_prompts": 6}
+    summary = json.loads((out / "geneval_summary.json").read_text())
+    assert summary["smoke_run"]["prompts_per_task"] == 1 and summary["scores"]["images"] == 8
+    assert "SMOKE RUN" in (out / "geneval_summary.md").read_text()
+    # A full run never resumes into (and so never passes for) the smoke run's folder.
+    assert main(base) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main([*base, "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_scoring_offline_names_every_missing_model_and_the_command(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from openuni.cli import main
+    from openuni.evaluation import DEFAULT_CLIP, DEFAULT_DETECTOR
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    (tmp_path / "00000" / "samples").mkdir(parents=True)
+    (tmp_path / "00000" / "metadata.jsonl").write_text(json.dumps({"tag": "single_object", "prompt": "a cat"}) + "\n")
+    PIL.Image.new("RGB", (32, 32)).save(tmp_path / "00000" / "samples" / "0000.png")
+    assert main(["eval", "score", "geneval", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert DEFAULT_DETECTOR in err and DEFAULT_CLIP in err and "--detector" in err and "--clip" in err
+    assert f"`hf download {DEFAULT_DETECTOR} && hf download {DEFAULT_CLIP}`" in err

@@ -41,3 +41,26 @@ def test_a_link_planted_under_the_partial_name_is_not_written_through(tmp_path):
     write_text_atomically(tmp_path / "out.txt", "new")
     assert victim.read_text() == "precious"
     assert (tmp_path / "out.txt").read_text() == "new" and not (tmp_path / "out.txt").is_symlink()
+
+
+def test_weights_and_shards_get_the_mode_the_umask_allows_like_pngs(tiny_pipe, tmp_path):
+    """safetensors creates its files 0600; ours are readable as the umask allows (0644 under 022), like PNGs."""
+    import os
+    import stat
+
+    import PIL.Image
+    import torch
+    from safetensors.torch import save_file
+
+    from openuni.files import save_image_atomically, write_atomically
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    shard = tmp_path / "shard.safetensors"
+    write_atomically(shard, lambda partial: save_file({"latents": torch.zeros(2)}, partial))
+    save_image_atomically(PIL.Image.new("RGB", (8, 8)), tmp_path / "image.png")
+    tiny_pipe.save_pretrained(tmp_path / "saved")
+    files = [shard, tmp_path / "image.png", *(p for p in (tmp_path / "saved").rglob("*") if p.is_file())]
+    assert any(p.suffix == ".safetensors" for p in files[2:])
+    assert {str(p): stat.S_IMODE(p.stat().st_mode) for p in files} == {str(p): expected for p in files}

@@ -473,3 +473,17 @@ def test_a_model_that_fails_to_load_ends_the_command_with_one_line(tiny, tmp_pat
 def test_bad_server_flags_fail_before_the_model_loads(tiny, flags, message, capsys):
     assert main(["serve", *flags, *tiny_cli_args(tiny)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_rewrite_answers_the_mllms_prompt_as_revised_prompt(client, tiny_pipe):
+    from openuni.rewriting import rewrite_prompts
+
+    assert client.images.generate(prompt="a red cube", extra_body=FAST).data[0].revised_prompt is None  # off
+    service = OpenUniService(ServerConfig(model_name=MODEL, rewrite=True), pipe=tiny_pipe)
+    with running_server(service) as url:
+        rewriting = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        response = rewriting.images.generate(prompt="a red cube", size="64x64", extra_body={"seed": 7, **FAST})
+    (expected,) = rewrite_prompts(tiny_pipe, ["a red cube"])
+    assert response.data[0].revised_prompt == expected != "a red cube"
+    alone = tiny_pipe(expected, height=64, width=64, seed=7, **FAST).images[0]
+    np.testing.assert_array_equal(np.asarray(decoded(response.data[0].b64_json)), np.asarray(alone))

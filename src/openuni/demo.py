@@ -129,8 +129,10 @@ def gradio_upload_folder() -> str:
 class DemoApp:
     """The demo's handlers around one pipeline; `build()` gives the gradio page."""
 
-    def __init__(self, pipe, chat: InternVLChat | None = None):
-        self.pipe = pipe
+    def __init__(self, pipe, chat: InternVLChat | None = None, rewrite: bool = False):
+        """`rewrite`: the MLLM expands each Generate prompt first (`openuni demo --rewrite`); the images then carry
+        the rewritten prompt as their caption."""
+        self.pipe, self.rewrite = pipe, rewrite
         self.chat_model = chat if chat is not None else InternVLChat(pipe.mllm, pipe.tokenizer)
         self.lock = threading.Lock()
 
@@ -173,14 +175,21 @@ class DemoApp:
     # -- the three tabs ---------------------------------------------------------------------------------------
 
     def generate(self, prompt: str, negative_prompt: str = "", seed=42, steps=20, cfg_scale=4.5, width=None,
-                 height=None, num_images=1) -> list[PIL.Image.Image]:
-        """Text to images; an empty width or height means the model's own resolution."""
+                 height=None, num_images=1) -> list:
+        """Text to images; an empty width or height means the model's own resolution. With rewriting on, each
+        image comes with its caption: (image, the rewritten prompt)."""
         with self.serving("generate"):
             prompt = required_text(prompt, "prompt")
             width = self.pipe.default_resolution if width is None else self.size(width, "width")
             height = self.pipe.default_resolution if height is None else self.size(height, "height")
             settings = self.sampling(negative_prompt, seed, steps, cfg_scale, num_images, height, width)
-            return self.pipe(prompt, **settings.pipeline_kwargs()).images
+            if not self.rewrite:
+                return self.pipe(prompt, **settings.pipeline_kwargs()).images
+            from .rewriting import rewrite_prompts
+
+            (rewritten,) = rewrite_prompts(self.pipe, [prompt])
+            images = self.pipe(rewritten, **settings.pipeline_kwargs()).images
+            return [(image, f"rewritten prompt: {rewritten}") for image in images]
 
     def edit(self, image: ImageInput, instruction: str, negative_prompt: str = "", seed=42, steps=20,
              cfg_scale=4.5, num_images=1) -> list[PIL.Image.Image]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -62,6 +63,21 @@ def check_writable(path: Path, flag: str, folder: bool = False) -> None:
         raise OpenUniError(f"{flag} {path}: cannot write in {existing} ({error.strerror or error})") from None
 
 
+@functools.cache
+def default_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under 022). Read once: reading the umask means
+    setting it, which must not race with threads creating files later."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give a file we wrote the mode the umask allows: some writers (safetensors) create theirs 0600, while PNGs and
+    text files beside them are readable by the group and others."""
+    os.chmod(path, default_file_mode())
+
+
 def partial_path(path: Path) -> Path:
     """The hidden name a file or folder is written under before it is renamed onto `path`."""
     path = Path(path)
@@ -77,6 +93,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         if partial.is_symlink():  # writers follow links: a link planted under our partial name must not be written through
             partial.unlink()
         write(partial)
+        if partial.is_file():
+            as_umask_allows(partial)
         os.replace(partial, path)
     except BaseException as error:
         with contextlib.suppress(OSError):  # (a folder under the partial name is not ours to remove)
@@ -150,6 +168,7 @@ def write_files_into(target: Path, write: Callable[[Path], None], is_stale: Call
         written = sorted(p.relative_to(partial) for p in partial.rglob("*") if p.is_file())
         for relative in written:
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            as_umask_allows(partial / relative)
             os.replace(partial / relative, target / relative)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -20,7 +20,8 @@ from .errors import OpenUniError
 
 # 64 megapixels (8000 x 8000): ~190 MB as RGB, far above anything the models look at (448 px tiles, <=1024 px output).
 MAX_IMAGE_PIXELS = 64_000_000
-# The smallest side InternViT can see (one 14 px patch of the real model).
+# The smallest side InternViT can see before a model is loaded (one 14 px patch of the real models); commands check
+# again against the loaded model's own patch (`OpenUniPipeline.vision_patch_size`, `InternVLChat.patch_size`).
 MIN_IMAGE_SIDE = 14
 MAX_ASPECT_RATIO = 4.0
 

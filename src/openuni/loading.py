@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,14 +22,16 @@ from .checkpoints import load_release, read_state_dict, split_release
 from .connector import OpenUniConnector
 from .devices import resolve_device, resolve_dtype
 from .errors import OpenUniError, reason
+from .hub import HUB_ID, MLLM_FILES as HUB_MLLM_FILES, fetch_parts, variant_parts
 from .internvl import load_mllm
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
+from .quiet import drop_misleading_warnings
 from .variants import RELEASE_REPO, SANA_SCHEDULER_CONFIG, Variant, get_variant
 
 logger = logging.getLogger(__name__)
+drop_misleading_warnings()
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-MLLM_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+MLLM_FILES = list(HUB_MLLM_FILES)
 
 
 def _hub_failure(what: str, repo: str, flag: str, error: Exception, include: str = "") -> OpenUniError:
@@ -207,15 +208,19 @@ def load_components(
     spec = get_variant(variant)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    mllm_dir, tokenizer_dir = resolve_mllm_dirs(mllm or spec.mllm_repo, tokenizer, local_files_only)
-    transformer_root = resolve_dir(transformer or spec.transformer_repo, "SANA transformer", "--transformer",
-                                   ["transformer/*", "scheduler/*"], local_files_only)
+    from_scratch = checkpoint is False
+    sources = resolve_sources(spec, stage, dict(mllm=mllm, transformer=transformer, vae=vae,
+                                                checkpoint=None if from_scratch else checkpoint),
+                              skip=("checkpoint",) if from_scratch else (), local_files_only=local_files_only)
+    mllm_dir = sources["mllm"]
+    tokenizer_dir = (resolve_dir(tokenizer, "tokenizer", "--tokenizer", MLLM_FILES, local_files_only)
+                     if tokenizer else mllm_dir)
+    transformer_root = sources["transformer"]
     transformer_dir = _component_dir(transformer_root, "transformer", "config.json")
     if transformer_dir is None:
         raise OpenUniError(f"--transformer {transformer_root}: no config.json there or in transformer/")
-    vae_dir = resolve_vae_dir(vae or spec.vae_repo, local_files_only)
-    from_scratch = checkpoint is False
-    checkpoint_file = None if from_scratch else resolve_checkpoint(checkpoint, spec, stage, local_files_only)
+    vae_dir = _component_dir(sources["vae"], "vae", "config.json") or sources["vae"]
+    checkpoint_file = sources.get("checkpoint")
 
     tokenizer_obj, mllm_model = load_language_parts(mllm_dir, tokenizer_dir, dtype, device)
     transformer_model = load_diffusers_model(SanaTransformer2DModel, transformer_dir, dtype, "SANA transformer",
@@ -239,6 +244,27 @@ def load_components(
     for module in (connector, transformer_model, vae_model):
         module.to(device)
     return Components(tokenizer_obj, mllm_model, connector, transformer_model, vae_model, scheduler_obj)
+
+
+def resolve_sources(spec: Variant, stage: str, given: dict, skip: tuple[str, ...] = (), local_files_only: bool = False
+                    ) -> dict[str, Path]:
+    """The folder (or .pth file) of each part: local paths as they are, the rest fetched from the Hub together, so
+    that one error names every part missing when the Hub cannot be reached."""
+    parts = variant_parts(spec.name, stage)
+    local, hub = {}, []
+    for name, source in given.items():
+        if name in skip:
+            continue
+        if source is None:
+            hub.append(parts[name])
+        elif name != "checkpoint" and not Path(source).expanduser().exists() and HUB_ID.match(str(source)):
+            hub.append(replace(parts[name], repo=str(source)))
+        elif name == "checkpoint":
+            local[name] = resolve_checkpoint(source, spec, stage, local_files_only)
+        else:
+            local[name] = resolve_dir(source, parts[name].what, parts[name].flag, list(parts[name].patterns),
+                                      local_files_only)
+    return {**local, **fetch_parts(hub, spec.name, stage, local_files_only)}
 
 
 def check_components_fit(connector: OpenUniConnector, mllm, transformer) -> None:

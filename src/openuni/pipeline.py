@@ -157,6 +157,12 @@ class OpenUniPipeline(DiffusionPipeline):
         return MAX_SIDE_FACTOR * self.default_resolution
 
     @property
+    def vision_patch_size(self) -> int:
+        """The vision encoder's patch (14 px for InternVL3, 16 for the tiny model): the smallest source side."""
+        patch = self.mllm.config.vision_config.patch_size
+        return patch[0] if isinstance(patch, (list, tuple)) else patch
+
+    @property
     def max_prompt_tokens(self) -> int:
         """The longest prompt (template, and for edits the source's image tokens, included) the MLLM reads: its
         position window less the learned queries that follow the prompt."""
@@ -308,9 +314,7 @@ class OpenUniPipeline(DiffusionPipeline):
         if len(sources) != num_prompts:
             raise OpenUniError(f"{len(sources)} source images for {num_prompts} instructions: give one image per "
                                "instruction, or one image for all")
-        patch = self.mllm.config.vision_config.patch_size
-        patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-        return [load_image(source, min_side=patch) for source in sources]
+        return [load_image(source, min_side=self.vision_patch_size) for source in sources]
 
     def edit_output_size(self, source_sizes: list[tuple[int, int]], height: int | None,
                          width: int | None) -> tuple[int, int]:

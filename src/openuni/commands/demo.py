@@ -6,7 +6,7 @@ import argparse
 import socket
 
 from ..errors import OpenUniError
-from .options import add_model_arguments, pipeline_from_args
+from .options import add_model_arguments, add_rewrite_argument, pipeline_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +19,7 @@ def add_parser(subparsers) -> None:
                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
     group.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     group.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    add_rewrite_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import MAX_UPLOAD_SIZE, DemoApp
 
     check_port_free(args.host, args.port)
-    page = DemoApp(pipeline_from_args(args)).build()
+    page = DemoApp(pipeline_from_args(args), rewrite=args.rewrite).build()
     # (quiet: gradio's own banner tells users to edit `launch()`; ours names this command's flags)
     page.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_SIZE,
                 quiet=True, prevent_thread_lock=True)

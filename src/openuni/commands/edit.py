@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import OpenUniError
 from .generate import OutputWriter, output_paths
-from .options import add_model_arguments, add_sampling_arguments, pipeline_from_args, sampling_from_args
+from .options import (add_model_arguments, add_sampling_arguments, model_identity, pipeline_from_args,
+                      sampling_from_args)
 
 
 def add_parser(subparsers) -> None:
@@ -73,6 +74,17 @@ def read_pairs_file(path: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
+def edit_record(pair: tuple[Path, str], sampling, model: dict) -> dict:
+    """An edit's generation record: the instruction as its prompt, and which source (path and SHA-256)."""
+    import hashlib
+
+    from ..records import generation_record
+
+    image, instruction = pair
+    source = {"path": str(image.resolve()), "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+    return generation_record(instruction, sampling, sampling.height, sampling.width, model, source=source)
+
+
 def batches(sizes: list[tuple[int, int]], per_batch: int) -> list[range]:
     """Runs of consecutive edits with the same output size, at most `per_batch` long."""
     runs, start = [], 0
@@ -84,26 +96,35 @@ def batches(sizes: list[tuple[int, int]], per_batch: int) -> list[range]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import load_image
+    from ..images import check_image_size, load_image
 
     sampling = sampling_from_args(args)
     pairs = read_pairs(args)
     per_pair = 1 if args.grid else args.num_images
     output = args.output or Path("openuni-edit.png" if len(pairs) * per_pair == 1 else "openuni-edits")
-    writer = OutputWriter(output, output_paths(output, len(pairs), per_pair), args.num_images, args.grid, args.seed,
-                          unit="edit")
+    writer = OutputWriter(output, output_paths(output, len(pairs), per_pair), args.num_images, args.grid, unit="edit")
 
     # Every unreadable image is reported before the model loads; only the sizes are kept (a long pairs file of large
     # photos would not fit in memory), and each batch reads its own images again.
     source_sizes = [load_image(image).size for image, _ in pairs]
     pipe = pipeline_from_args(args)
+    # The smallest source this model reads is one patch of its own vision encoder: checked for every edit before
+    # the first one runs (the check before loading could only assume the real models' 14 px).
+    try:
+        for (image, _), size in zip(pairs, source_sizes):
+            check_image_size(size, str(image), min_side=pipe.vision_patch_size)
+    except OpenUniError:
+        writer.progress.close()  # (the error line comes after the bar, not inside it)
+        raise
     sizes = [pipe.edit_output_size([size], args.height, args.width) for size in source_sizes]
+    model = {**model_identity(args), "dtype": str(pipe.dtype).removeprefix("torch.")}
     per_batch = max(1, args.batch_size // args.num_images)
     writer.quiet_steps(pipe, per_batch)
     for run_of_edits in batches(sizes, per_batch):
         height, width = sizes[run_of_edits[0]]
         images = pipe.edit([load_image(pairs[i][0]) for i in run_of_edits], [pairs[i][1] for i in run_of_edits],
                            **replace(sampling, height=height, width=width).pipeline_kwargs()).images
-        writer.save(images, [(i, {"image": str(pairs[i][0]), "instruction": pairs[i][1]}) for i in run_of_edits])
+        writer.save(images, [(i, edit_record(pairs[i], replace(sampling, height=height, width=width), model))
+                             for i in run_of_edits])
     print(writer.summary())
     return 0

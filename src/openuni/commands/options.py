@@ -141,3 +141,47 @@ def model_description(args: argparse.Namespace) -> dict:
     parts = {"variant": args.variant, "stage": args.stage}
     parts.update({name: str(getattr(args, name)) for name in PART_FLAGS if getattr(args, name)})
     return parts
+
+
+def model_identity(args: argparse.Namespace) -> dict:
+    """What an image was generated with, for its record: enough to load the same model again from any folder (a
+    saved pipeline's folder, or the variant, stage and release file with each local part as an absolute path)."""
+    from ..variants import get_variant
+
+    if args.model:
+        return {"model": _absolute(args.model)}
+    identity = {"variant": args.variant, "stage": args.stage}
+    if not args.checkpoint:
+        identity["checkpoint_file"] = get_variant(args.variant).checkpoint_filename(args.stage)
+    identity.update({name: _absolute(getattr(args, name)) for name in PART_FLAGS if getattr(args, name)})
+    if args.connector_heads is not None:
+        identity["connector_heads"] = args.connector_heads
+    return identity
+
+
+def apply_model_identity(args: argparse.Namespace, identity: dict) -> None:
+    """Load what `identity` (a record's "model") names; model part flags given on the command line still win (for
+    parts that moved since)."""
+    if "model" in identity:
+        args.model = args.model or identity["model"]
+        return
+    args.variant = identity.get("variant", args.variant)
+    args.stage = identity.get("stage", args.stage)
+    for name in PART_FLAGS:
+        if not getattr(args, name) and identity.get(name):
+            setattr(args, name, identity[name])
+    if args.connector_heads is None:
+        args.connector_heads = identity.get("connector_heads")
+
+
+def _absolute(value) -> str:
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else str(value)  # (a Hub id stays as it is)
+
+
+def add_rewrite_argument(parser: argparse.ArgumentParser) -> None:
+    """`--rewrite`: the MLLM expands each prompt before generating (`openuni.rewriting`)."""
+    parser.add_argument("--rewrite", action="store_true",
+                        help="let the model's own MLLM expand each prompt into a detailed one first (greedy; the "
+                             "instruction is in openuni/rewriting.py); off by default, as in the reference's scores; "
+                             "the rewritten prompt is recorded with each image")

@@ -10,7 +10,7 @@ import argparse
 
 from ..errors import OpenUniError
 from .demo import check_port_free
-from .options import add_model_arguments, pipeline_from_args
+from .options import add_model_arguments, add_rewrite_argument, pipeline_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "then with --api-key)")
     group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_server_arguments(parser)
+    add_rewrite_argument(parser)
     add_model_arguments(parser)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import OpenUniError
+from ..hub import HubPart, check_models_cached
 from . import DEFAULT_CLIP, DEFAULT_DETECTOR, DEFAULT_JUDGE
 from .prompts import BenchmarkPrompt, dpg_questions_file, load_dpg, load_geneval, load_wise
 
@@ -81,6 +82,8 @@ def score_geneval(folder: Path, options: ScorerOptions, prompts, device: str) ->
     from .geneval_models import ClipColorClassifier, Mask2FormerDetector, read_object_names
 
     geneval.sample_images(folder)  # a folder without samples fails before the models load
+    check_models_cached([HubPart("detector", "detector", options.detector),
+                         HubPart("clip", "CLIP model", options.clip)], "GenEval scoring model(s)")
     detector = Mask2FormerDetector(options.detector, read_object_names(options.object_names), device=device)
     colors = ClipColorClassifier(options.clip, device=device)
     rows = geneval.score_folder(folder, detector, colors, _progress("geneval scoring"))
@@ -95,6 +98,7 @@ def score_dpg(folder: Path, options: ScorerOptions, prompts, device: str) -> Sco
 
     _require_images(folder)
     questions = dpg.read_questions(dpg_questions_file(options.questions))
+    check_models_cached([HubPart("judge", "judge", options.judge)], "judge model(s)")
     judge = TransformersJudge(options.judge, device=device)
     results, skipped = dpg.score_folder(folder, questions, judge, _progress("dpg scoring"))
     rows = [{"item_id": key, **{name: value for name, value in result.items() if name != "category_scores"}}
@@ -111,6 +115,7 @@ def score_wise(folder: Path, options: ScorerOptions, prompts, device: str) -> Sc
 
     _require_images(folder)
     prompts = prompts if prompts is not None else load_wise(None)
+    check_models_cached([HubPart("judge", "judge", options.judge)], "judge model(s)")
     judge = TransformersJudge(options.judge, device=device)
     records, missing = wise.score_folder(folder, prompts, judge, _progress("wise scoring"))
     scores = {**wise.summarize(records), "missing_images": len(missing)}

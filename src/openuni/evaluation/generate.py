@@ -42,7 +42,7 @@ def check_outputs_belong(benchmark: Benchmark, output: Path, prompts: list[Bench
             if not path.is_file():
                 continue
             found = read_provenance(path)
-            if found == UNREADABLE or found == expected:
+            if found == UNREADABLE or (isinstance(found, dict) and {k: found.get(k) for k in expected} == expected):
                 continue
             if found is None:
                 reason = "does not record what it was made from (another program, or an older openuni)"
@@ -83,8 +83,11 @@ def check_run_settings(output: Path, settings: dict) -> None:
 
 
 def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], output: Path, settings: SamplingOptions,
-                       batch_size: int = 4, model: dict | None = None, show_progress: bool = True) -> dict:
-    """Write the missing images of `prompts`; this process does its share. Returns the run record."""
+                       batch_size: int = 4, model: dict | None = None, show_progress: bool = True,
+                       smoke_run: dict | None = None, rewrite: bool = False) -> dict:
+    """Write the missing images of `prompts`; this process does its share. Returns the run record. `smoke_run`
+    ({"prompts_per_task": N, "of_prompts": total}) marks a run over a part of the benchmark's prompts: the run
+    file and the report say so, and neither a full run nor another part resumes into its folder."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
@@ -93,8 +96,8 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
     settings = replace(settings, num_images=spec.images_per_prompt).check()
     # What each image records: what decides its pixels besides the model. (The model's description, paths as the
     # user gave them, is checked through the run file only: images stay byte-identical between the CLI and the API.)
-    image_settings = {"benchmark": benchmark, **asdict(settings)}
-    run_settings = {**image_settings, "num_prompts": len(prompts), "model": model or {}}
+    image_settings = {"benchmark": benchmark, **asdict(settings), **({"rewrite": True} if rewrite else {})}
+    run_settings = {**image_settings, "num_prompts": len(prompts), "model": model or {}, "smoke_run": smoke_run}
     check_run_settings(output, run_settings)
     check_outputs_belong(spec, output, prompts, image_settings)
     state.wait_for_everyone()  # nobody writes before everybody has checked
@@ -114,9 +117,17 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
                desc=f"{benchmark} (process {state.process_index + 1}/{state.num_processes})",
                disable=not (show_progress and state.is_main_process))
     for batch in todo:
-        images = pipe([prompts[i].text for i in batch], **settings.pipeline_kwargs()).images
+        texts = [prompts[i].text for i in batch]
+        rewritten = None
+        if rewrite:
+            from ..rewriting import rewrite_prompts
+
+            texts = rewrite_prompts(pipe, texts)
+            rewritten = {prompts[i].key: text for i, text in zip(batch, texts)}
+        images = pipe(texts, **settings.pipeline_kwargs()).images
         write_outputs(spec, output, [(prompts[i], images[offset * spec.images_per_prompt:][:spec.images_per_prompt])
-                                     for offset, i in enumerate(batch) if i in missing], image_settings)
+                                     for offset, i in enumerate(batch) if i in missing], image_settings,
+                      rewritten)
         bar.update(len(missing.intersection(batch)))
     bar.close()
     state.wait_for_everyone()
@@ -128,7 +139,7 @@ def generate_benchmark(pipe, benchmark: str, prompts: list[BenchmarkPrompt], out
 
 
 def write_outputs(benchmark: Benchmark, output: Path, finished: list[tuple[BenchmarkPrompt, list]],
-                  settings: dict) -> None:
+                  settings: dict, rewritten: dict | None = None) -> None:
     """Each prompt's side files, then its images (tiled into one grid where the layout asks), each image carrying
     its provenance."""
     from ..images import image_grid
@@ -138,6 +149,6 @@ def write_outputs(benchmark: Benchmark, output: Path, finished: list[tuple[Bench
             images = [image_grid(images, columns=2)]
         for path, text in benchmark.side_files(output, prompt).items():
             write_text_atomically(path, text)
-        record = {PROVENANCE_KEY: provenance(prompt.text, settings)}
+        record = {PROVENANCE_KEY: provenance(prompt.text, settings, (rewritten or {}).get(prompt.key))}
         for image, path in zip(images, benchmark.image_files(output, prompt)):
             save_image_atomically(image, path, text=record)

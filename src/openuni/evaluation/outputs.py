@@ -4,36 +4,25 @@ each says what it was made from (its provenance: the prompt's hash and the run's
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import PIL.Image
 
 from ..errors import OpenUniError
+from ..records import RECORD_KEY, UNREADABLE, read_record, record_text
 
-PROVENANCE_KEY = "openuni"
-UNREADABLE = "unreadable"
+PROVENANCE_KEY = RECORD_KEY
+read_provenance = read_record  # (an image's header only; None without a record, UNREADABLE when torn)
 
 
-def provenance(prompt_text: str, settings: dict) -> str:
-    """The record an output image carries: which prompt (its SHA-256) and which settings made it."""
+def provenance(prompt_text: str, settings: dict, rewritten_prompt: str | None = None) -> str:
+    """The record an output image carries: which prompt (its SHA-256) and which settings made it, and with
+    `--rewrite` the prompt the MLLM made of it (what conditioned the image)."""
     digest = hashlib.sha256(prompt_text.encode("utf-8")).hexdigest()
-    return json.dumps({"prompt_sha256": digest, "settings": settings}, sort_keys=True)
-
-
-def read_provenance(path: Path) -> dict | str | None:
-    """The image's provenance record; None when it has none, `UNREADABLE` when not even its header reads (a torn
-    write, to be redone). Only the header is read."""
-    try:
-        with PIL.Image.open(path) as image:
-            text = image.info.get(PROVENANCE_KEY)
-    except (OSError, SyntaxError, ValueError):
-        return UNREADABLE
-    try:
-        record = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+    record = {"prompt_sha256": digest, "settings": settings}
+    if rewritten_prompt is not None:
+        record["rewritten_prompt"] = rewritten_prompt
+    return record_text(record)
 
 
 def is_complete_image(path: Path) -> bool:

@@ -169,3 +169,21 @@ def _non_empty(prompts: list[BenchmarkPrompt], source: Path) -> list[BenchmarkPr
     if empty:
         raise OpenUniError(f"{source}: prompt {empty[0]} is empty")
     return prompts
+
+
+def task_of(prompt: BenchmarkPrompt) -> str:
+    """The task (GenEval's `tag`) or category (WISE's `Category`) a prompt belongs to; DPG-Bench has one list."""
+    return str(prompt.record.get("tag") or prompt.record.get("Category") or "all")
+
+
+def first_of_each_task(prompts: list[BenchmarkPrompt], per_task: int) -> list[BenchmarkPrompt]:
+    """A smoke run's prompts: the first `per_task` of each task, in the file's order, keeping their keys (and so
+    their output names) as in a full run."""
+    taken: dict[str, int] = {}
+    kept = []
+    for prompt in prompts:
+        task = task_of(prompt)
+        if taken.get(task, 0) < per_task:
+            taken[task] = taken.get(task, 0) + 1
+            kept.append(prompt)
+    return kept

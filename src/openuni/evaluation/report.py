@@ -20,6 +20,7 @@ def write_report(output: Path, benchmark: str, scores: dict, scorer: dict, gener
         "scorer": scorer,
         "proxy": bool(scorer.get("proxy")),
         "generation": (generation or {}).get("generation"),
+        "smoke_run": ((generation or {}).get("generation") or {}).get("smoke_run"),
         "generation_elapsed_s": (generation or {}).get("elapsed_s"),
         "scoring_elapsed_s": None if scoring_elapsed_s is None else round(scoring_elapsed_s, 1),
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -39,7 +40,12 @@ def markdown(summary: dict) -> str:
     title = known.title if known else summary["benchmark"]
     scorer = summary["scorer"]
     label = " (PROXY judge: not comparable with published scores)" if summary["proxy"] else ""
-    lines = [f"# {title} results{label}", "", f"**Overall: {_number(summary['overall'])}**", ""]
+    lines = [f"# {title} results{label}", ""]
+    smoke = summary.get("smoke_run")
+    if smoke:
+        lines += [f"**SMOKE RUN: only the first {smoke['prompts_per_task']} prompts of each task (`--limit`), not the "
+                  f"{smoke['of_prompts']} of the benchmark: not comparable with published or full-run scores.**", ""]
+    lines += [f"**Overall: {_number(summary['overall'])}**", ""]
     for key in ("tasks", "categories", "subcategories"):
         table = summary["scores"].get(key)
         if table:

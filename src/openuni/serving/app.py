@@ -292,7 +292,7 @@ def job_result(future):
 
 def images_response(service: OpenUniService, job, images) -> dict:
     start = time.monotonic()
-    data = [{"b64_json": png_base64(image), "revised_prompt": None, "seed": job.options.seed + k}
+    data = [{"b64_json": png_base64(image), "revised_prompt": job.revised_prompt, "seed": job.options.seed + k}
             for k, image in enumerate(images)]
     service.metrics.stage_seconds.labels("encode").observe(time.monotonic() - start)
     service.metrics.images.labels(job.task).inc(len(images))

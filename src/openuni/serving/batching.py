@@ -64,6 +64,12 @@ class ImageJob(Job):
     prompt: str
     options: SamplingOptions  # checked, with height and width resolved
     source: PIL.Image.Image | None = None  # the image to edit
+    revised_prompt: str | None = None  # the MLLM's rewrite of `prompt` (server started with --rewrite)
+
+    @property
+    def conditioning_prompt(self) -> str:
+        """What the image is generated from: the rewrite where there is one."""
+        return self.revised_prompt or self.prompt
 
     @property
     def images(self) -> int:
@@ -90,11 +96,12 @@ def pipeline_arguments(jobs: list[ImageJob]) -> dict:
     """
     counts = {job.images for job in jobs}
     if len(counts) == 1:
-        prompts, seeds, sources, per_prompt = ([job.prompt for job in jobs], [job.options.seed for job in jobs],
+        prompts, seeds, sources, per_prompt = ([job.conditioning_prompt for job in jobs],
+                                               [job.options.seed for job in jobs],
                                                [job.source for job in jobs], counts.pop())
     else:
         expanded = [(job, k) for job in jobs for k in range(job.images)]
-        prompts, seeds, sources, per_prompt = ([job.prompt for job, _ in expanded],
+        prompts, seeds, sources, per_prompt = ([job.conditioning_prompt for job, _ in expanded],
                                                [job.options.seed + k for job, k in expanded],
                                                [job.source for job, _ in expanded], 1)
     kwargs = dict(jobs[0].options.pipeline_kwargs(), prompt=prompts, seed=seeds, num_images_per_prompt=per_prompt)

@@ -35,6 +35,7 @@ class ServerConfig:
     max_chat_images: int = 8
     allow_remote_images: bool = False  # fetch http(s) image_url parts (the server then reaches out on request)
     remote_image_timeout: float = 10.0
+    rewrite: bool = False  # the MLLM expands each generation prompt first (`--rewrite`); answered as revised_prompt
 
     def check(self) -> "ServerConfig":
         positive = dict(max_batch_images=self.max_batch_images, max_queue=self.max_queue,
@@ -102,5 +103,5 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_images=args.max_batch_images, max_queue=args.max_queue, request_timeout=args.request_timeout,
         max_side=args.max_side, max_steps=args.max_steps, max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_image_pixels=int(args.max_image_megapixels * 1e6), max_chat_tokens=args.max_tokens,
-        allow_remote_images=args.allow_remote_images,
+        allow_remote_images=args.allow_remote_images, rewrite=getattr(args, "rewrite", False),
     ).check()

@@ -208,6 +208,8 @@ class OpenUniService:
             last_step[0] = time.monotonic()
 
         start = time.monotonic()
+        if self.config.rewrite and jobs[0].task == "generate":
+            self.rewrite(jobs)
         try:
             images = self.pipe(**pipeline_arguments(jobs), callback_on_step_end=on_step).images
         except torch.OutOfMemoryError:
@@ -226,6 +228,14 @@ class OpenUniService:
             per_job.append(images[offset:offset + job.images])
             offset += job.images
         return per_job
+
+    def rewrite(self, jobs: list[ImageJob]) -> None:
+        """Each job's prompt as the MLLM expands it (once: a retried job keeps its rewrite)."""
+        from ..rewriting import rewrite_prompts
+
+        todo = [job for job in jobs if job.revised_prompt is None]
+        for job, revised in zip(todo, rewrite_prompts(self.pipe, [job.prompt for job in todo])):
+            job.revised_prompt = revised
 
     def _run_chat(self, job: ChatJob) -> ChatResult:
         request = job.request
