@@ -156,13 +156,14 @@ def load_mllm(
         if is_original_layout(raw_config):
             config = config_from_original(raw_config, tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
             model, info = OriginalLayoutInternVL.from_pretrained(path, config=config, dtype=dtype,
-                                                                 output_loading_info=True, ignore_mismatched_sizes=True)
+                                                                 output_loading_info=True, ignore_mismatched_sizes=True,
+                                                                 trust_remote_code=False)
             # From here on it is an ordinary native model (and saves as one).
             model.__class__ = InternVLForConditionalGeneration
             model._weight_conversions = None
         elif raw_config.get("model_type") == "internvl":
             model, info = InternVLForConditionalGeneration.from_pretrained(
-                path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
+                path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, trust_remote_code=False)
         else:
             raise OpenUniError(
                 f"{path} holds a {raw_config.get('model_type')!r} model; expected an InternVL3 checkpoint "

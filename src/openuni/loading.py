@@ -102,8 +102,10 @@ def load_diffusers_model(model_class, path: Path, dtype: torch.dtype, what: str,
 
 
 def load_tokenizer(path: Path):
+    # OpenGVLab folders carry `auto_map` (remote code) in config.json: without an explicit False, transformers
+    # stops at a "run the custom code? [y/N]" prompt and waits. The tokenizer itself is a stock Qwen2 one.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as error:
         raise OpenUniError(f"cannot load a tokenizer from {path}: {reason(error)}") from None
     check_tokenizer(tokenizer, path)
