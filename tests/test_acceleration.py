@@ -105,3 +105,23 @@ def test_offload_stages_each_component_and_keeps_the_images(tiny, tiny_pipe):
     assert set(seen) == {"mllm", "connector", "transformer", "vae"}
     assert all(device.type == "cpu" for device in seen.values())
     assert all(next(getattr(pipe, n).parameters()).device.type == "cpu" for n in ("mllm", "transformer", "vae"))
+
+
+def test_dtype_auto_is_bf16_exactly_where_the_cpu_has_bf16_instructions(tiny, tmp_path, capsys):
+    from openuni.cli import main
+    from openuni.devices import choose_dtype, cpu_bf16_instructions
+
+    from conftest import tiny_cli_args
+
+    instructions = cpu_bf16_instructions()
+    assert (instructions is not None) == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    dtype, why = choose_dtype("auto", "cpu")
+    assert dtype == (torch.bfloat16 if instructions else torch.float32)
+    assert choose_dtype("float32", "cpu") == (torch.float32, "as asked")
+    args = tiny_cli_args(tiny)
+    args[args.index("--dtype") + 1] = "auto"
+    out = tmp_path / "auto.png"
+    assert main(["generate", "a cat", "-o", str(out), "--steps", "2", "--height", "64", "--width", "64", *args]) == 0
+    said = capsys.readouterr().err
+    assert f"openuni: {str(dtype).removeprefix('torch.')} on cpu ({why})" in said.splitlines()
+    assert out.is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from ..acceleration import COMPILE_MODES  # light: no heavy imports there
@@ -25,10 +26,12 @@ SAMPLING_FLAGS = {"height": "--height", "width": "--width", "steps": "--steps", 
                   "seed": "--seed", "cfg_scale": "--cfg-scale", "negative_prompt": "--negative-prompt"}
 
 
-def add_device_arguments(group, dtype: bool = True) -> None:
+def add_device_arguments(group, dtype: bool = True, cpu_bf16: bool = False) -> None:
+    """`cpu_bf16`: the command resolves `--dtype auto` with `devices.choose_dtype` (bf16 on CPUs made for it)."""
     group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     if dtype:
-        group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+        where = "on GPU and on CPUs with AMX or AVX512-BF16, float32 elsewhere" if cpu_bf16 else "on GPU, float32 on CPU"
+        group.add_argument("--dtype", default="auto", choices=DTYPES, help=f"default: bfloat16 {where}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, mllm_only: bool = False) -> None:
@@ -53,7 +56,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, mllm_only: bool = False
     if not mllm_only:
         group.add_argument("--connector-heads", type=int, metavar="N",
                            help="attention heads of the connector, for checkpoints of a size no variant has")
-    add_device_arguments(group)
+    add_device_arguments(group, cpu_bf16=not mllm_only)
     if mllm_only:
         return
     speed = parser.add_argument_group("speed and memory (see docs/benchmarks.md)")
@@ -116,10 +119,11 @@ def pipeline_from_args(args: argparse.Namespace):
 
 def _load_pipeline(args: argparse.Namespace, device, target_device):
     """The pipeline on `device`, in the dtype that suits `target_device` (where it will run)."""
-    from ..devices import resolve_dtype
+    from ..devices import choose_dtype
     from ..pipeline import OpenUniPipeline
 
-    dtype = resolve_dtype(args.dtype, target_device)
+    dtype, why = choose_dtype(args.dtype, target_device)
+    print(f"openuni: {str(dtype).removeprefix('torch.')} on {target_device.type} ({why})", file=sys.stderr)
     if args.model:
         overrides = [name for name in PART_FLAGS if getattr(args, name)]
         if overrides:
