@@ -10,7 +10,7 @@ import argparse
 
 from ..errors import OpenUniError
 from .demo import check_port_free
-from .options import add_model_arguments, pipeline_from_args
+from .options import add_fast_sampling_arguments, add_model_arguments, pipeline_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_server_arguments(parser)
     add_model_arguments(parser)
+    add_fast_sampling_arguments(parser)
 
 
 def require_serving_packages() -> None:
