@@ -223,3 +223,20 @@ def test_mllm_with_missing_weights_is_refused(tiny, tmp_path):
     (target / "model.safetensors").unlink()
     with pytest.raises(OpenUniError, match="cannot load the InternVL3 weights"):
         load_mllm(target, load_tokenizer(tiny.tokenizer))
+
+
+def test_a_failed_bf16_load_leaves_torch_default_dtype_alone(tiny, tmp_path):
+    """transformers sets the default dtype to the load's while building the model and, when the weights turn out
+    truncated, leaves it so: every float tensor made afterwards would be bf16."""
+    import shutil
+
+    from openuni.internvl import load_mllm
+    from openuni.loading import load_tokenizer
+
+    broken = tmp_path / "mllm"
+    shutil.copytree(tiny.mllm, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OpenUniError):
+        load_mllm(broken, load_tokenizer(tiny.mllm), dtype=torch.bfloat16)
+    assert torch.get_default_dtype() == torch.float32

@@ -9,6 +9,8 @@ command line's flags (which name `DTYPES`) parse without it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from .errors import OpenUniError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -103,3 +105,16 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) ->
     if name not in DTYPES:
         raise OpenUniError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return getattr(torch, name)
+
+
+@contextmanager
+def default_dtype_kept():
+    """Restore torch's default dtype afterwards: transformers sets it to the load dtype while it builds a model and
+    leaves it there when the load fails (a truncated weight file in bf16 made every later float tensor bf16)."""
+    import torch
+
+    saved = torch.get_default_dtype()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)

@@ -18,6 +18,7 @@ from transformers import InternVLConfig, InternVLForConditionalGeneration, Inter
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Chunk, WeightConverter, WeightRenaming
 
+from .devices import default_dtype_kept
 from .errors import OpenUniError, reason
 from .prompting import IMG_CONTEXT
 
@@ -146,6 +147,7 @@ def read_config(path: Path) -> dict:
     return config
 
 
+@default_dtype_kept()
 def load_mllm(
     path: str | Path, tokenizer, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> InternVLForConditionalGeneration:

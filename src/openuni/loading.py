@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from .checkpoints import load_release, read_state_dict, split_release
 from .connector import OpenUniConnector
-from .devices import resolve_device, resolve_dtype
+from .devices import default_dtype_kept, resolve_device, resolve_dtype
 from .errors import OpenUniError, reason
 from .internvl import load_mllm
 from .prompting import IMG_CONTEXT, IMG_END, IMG_START
@@ -85,6 +85,7 @@ def _component_dir(root: Path, subfolder: str, marker: str) -> Path | None:
 LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
 
 
+@default_dtype_kept()
 def load_diffusers_model(model_class, path: Path, dtype: torch.dtype, what: str, flag: str):
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))

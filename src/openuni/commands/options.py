@@ -164,7 +164,6 @@ def _load_pipeline(args: argparse.Namespace, device, target_device):
     from ..pipeline import OpenUniPipeline
 
     dtype, why = choose_dtype(args.dtype, target_device)
-    print(f"openuni: {str(dtype).removeprefix('torch.')} on {target_device.type} ({why})", file=sys.stderr)
     if args.model:
         overrides = [name for name in PART_FLAGS if getattr(args, name)]
         if overrides:
@@ -172,11 +171,15 @@ def _load_pipeline(args: argparse.Namespace, device, target_device):
         model_dir = Path(args.model)
         if not (model_dir / "model_index.json").is_file():
             raise OpenUniError(f"--model {model_dir}: not a saved OpenUni pipeline (no model_index.json)")
-        return OpenUniPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
-    return OpenUniPipeline.from_variant(
-        args.variant, stage=args.stage, connector_heads=args.connector_heads, device=device, dtype=dtype,
-        **{name: getattr(args, name) for name in PART_FLAGS},
-    )
+        pipe = OpenUniPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
+    else:
+        pipe = OpenUniPipeline.from_variant(
+            args.variant, stage=args.stage, connector_heads=args.connector_heads, device=device, dtype=dtype,
+            **{name: getattr(args, name) for name in PART_FLAGS},
+        )
+    # Said once the model has loaded, so that a refused input stays the only line.
+    print(f"openuni: {str(dtype).removeprefix('torch.')} on {target_device.type} ({why})", file=sys.stderr)
+    return pipe
 
 
 def model_description(args: argparse.Namespace) -> dict:
