@@ -286,12 +286,18 @@ def run(args) -> dict:
     timed_pipe = copy.copy(pipe)  # the plain path with its stage clock (same modules)
     clock = StageClock(timed_pipe, device)
     plain_fn = lambda batch, output_type="np": generate(timed_pipe, batch, args, output_type)  # noqa: E731
-    rows = []
+    rows, failures = [], {}
     for name in args.arms:
-        rows += compare(pipe, name, device, args, plain_fn)
+        try:
+            rows += compare(pipe, name, device, args, plain_fn)
+        except Exception as error:  # one arm's missing library or kernel must not lose the others' figures
+            if not args.keep_going:
+                raise
+            failures[name] = f"{type(error).__name__}: {error}"
+            print(f"{name}: failed ({failures[name]})", flush=True)
     result = dict(geometry=args.geometry, device=describe_device(device), dtype=str(dtype).removeprefix("torch."),
                   resolution=args.resolution, steps=args.steps, cfg_scale=args.cfg_scale, rounds=args.rounds,
-                  versions=versions(), split_of_plain_runs=clock.shares(), rows=rows)
+                  versions=versions(), split_of_plain_runs=clock.shares(), rows=rows, failures=failures)
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if args.startup:
@@ -381,6 +387,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--startup", action="store_true", help="also time start-up (benchmarks/startup.py's cases)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--keep-going", action="store_true", help="record an arm that fails and go on to the next")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the table into this file (e.g. docs/benchmarks.md)")
     return parser.parse_args(argv)

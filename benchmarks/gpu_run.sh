@@ -22,9 +22,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 
 # B-512, random weights, bf16, batch 1 and 16: plain vs SanaPipeline, compile, fp8, guidance interval, step cache.
 step b512 330 $PY benchmarks/generate.py --geometry openuni-b-512 --device cuda --dtype bfloat16 --batch-sizes 1 16 \
-    --rounds 2 --arms sana compile fp8 guidance-interval step-cache fast --json "$OUT/b512-bf16.json" \
+    --rounds 2 --keep-going --arms sana compile fp8 guidance-interval step-cache fast --json "$OUT/b512-bf16.json" \
     --markdown "$OUT/benchmarks.md"
 # L-1024 with offload + VAE tiling + int8 weights: the measured peak (the CPU machine only estimates it).
-step l1024-memory 200 $PY benchmarks/memory.py --variant openuni-l-1024 --quantize int8 --measure-cuda --steps 4 \
+step l1024-memory 280 $PY benchmarks/memory.py --variant openuni-l-1024 --quantize int8 --measure-cuda --steps 4 \
     --json "$OUT/l1024-int8-offload-tiling.json"
 cat "$OUT/status.txt"

@@ -222,3 +222,15 @@ def test_int8_weight_only_quantization_runs_on_the_cpu_close_to_float(tiny, tiny
         assert main(["generate", "a cat", "-o", str(out), "--quantize", kind, *tiny_cli_args(tiny)]) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and f"--quantize {kind} needs a CUDA GPU" in error[0]
+
+
+def test_a_missing_optional_library_is_one_line_naming_the_extra():
+    import pytest
+
+    from openuni.acceleration import require
+    from openuni.errors import OpenUniError
+
+    require("torch", "--anything", "fast")
+    with pytest.raises(OpenUniError, match=r"^--step-cache needs no_such_library_x, which is not installed: pip "
+                                           r"install 'openuni\[fast\]'$"):
+        require("no_such_library_x", "--step-cache", "fast")

@@ -80,6 +80,8 @@ def check_quantization(kind: str, device) -> None:
     if kind == "fp8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
         raise OpenUniError("--quantize fp8 needs a CUDA GPU with float8 units (Ada or Hopper, compute capability 8.9+); "
                            "elsewhere use --quantize int8")
+    require("bitsandbytes" if kind == "nf4" else "torchao", f"--quantize {kind}",
+            "quantize-nf4" if kind == "nf4" else "fast")
 
 
 def quantize_pipeline(pipe, kind: str, device) -> None:
@@ -112,3 +114,13 @@ def _linears_to_nf4(module) -> None:
             setattr(module, name, layer)
         else:
             _linears_to_nf4(child)
+
+
+def require(package: str, flag: str, extra: str) -> None:
+    """A one-line error when the library behind `flag` is not installed (checked before anything loads)."""
+    import importlib.util
+
+    from .errors import OpenUniError
+
+    if importlib.util.find_spec(package) is None:
+        raise OpenUniError(f"{flag} needs {package}, which is not installed: pip install 'openuni[{extra}]'")

@@ -132,10 +132,13 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
 
 def pipeline_from_args(args: argparse.Namespace):
     """The pipeline the model flags describe, with offload, VAE tiling and compilation as asked."""
-    from ..acceleration import check_quantization, compile_pipeline, enable_vae_memory_savers, quantize_pipeline
+    from ..acceleration import (check_quantization, compile_pipeline, enable_vae_memory_savers, quantize_pipeline,
+                                require)
     from ..devices import resolve_device
 
     fast = fast_sampling_from_args(args)  # (bad values fail before anything loads)
+    if fast.step_cache is not None:
+        require("cache_dit", "--step-cache", "fast")
     if args.connector_heads is not None and args.connector_heads < 1:
         raise OpenUniError(f"--connector-heads must be at least 1, got {args.connector_heads}")
     device = resolve_device(args.device)
