@@ -38,8 +38,10 @@ def tiny_pipe(tiny):
 
 
 def tiny_cli_args(tiny) -> list[str]:
+    # float32: the commands' outputs are compared with `tiny_pipe`'s (`--dtype auto` is bf16 on AMX/AVX512-BF16 CPUs)
     return ["--mllm", str(tiny.mllm), "--transformer", str(tiny.transformer), "--vae", str(tiny.vae),
-            "--checkpoint", str(tiny.checkpoint), "--connector-heads", str(tiny.connector_heads), "--device", "cpu"]
+            "--checkpoint", str(tiny.checkpoint), "--connector-heads", str(tiny.connector_heads), "--device", "cpu",
+            "--dtype", "float32"]
 
 
 def load_parity_pipeline():

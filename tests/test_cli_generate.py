@@ -197,3 +197,29 @@ def test_rewrite_asks_the_mllm_and_records_the_rewritten_prompt(tiny, tiny_pipe,
     plain = tmp_path / "plain.png"
     assert main(["generate", "a cat", "-o", str(plain), *FAST, *tiny_cli_args(tiny)]) == 0
     assert "rewritten_prompt" not in png_record(plain)
+
+
+def test_opengvlab_folder_with_remote_code_never_prompts(tiny, tmp_path):
+    """OpenGVLab folders name remote code in config.json (`auto_map`); transformers then asks "run the custom code?
+    [y/N]" and waits for an answer unless told no. The command must neither ask nor wait, nor run that code."""
+    import shutil
+    import subprocess
+    import sys
+
+    mllm = tmp_path / "InternVL3-layout"
+    shutil.copytree(tiny.mllm, mllm)
+    config = json.loads((mllm / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+                          "AutoModel": "modeling_internvl_chat.InternVLChatModel"}
+    (mllm / "config.json").write_text(json.dumps(config))
+    (mllm / "configuration_internvl_chat.py").write_text("raise SystemExit('remote code ran')\n")
+    args = tiny_cli_args(tiny)
+    args[args.index("--mllm") + 1] = str(mllm)
+    out = tmp_path / "x.png"
+    # stdin stays an open pipe nobody writes to: a prompt would block there (transformers gives up after 15 s).
+    done = subprocess.run([sys.executable, "-m", "openuni.cli", "generate", "a cat", "--output", str(out), *FAST,
+                           *args], stdin=subprocess.PIPE, capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert "[y/N]" not in said and "trust_remote_code" not in said and "remote code ran" not in said
+    assert out.is_file()

@@ -259,3 +259,20 @@ def test_loading_and_casting_print_no_misleading_library_warnings(tiny):
         diffusers.logging.set_verbosity(levels[1])
     assert pipe.transformer.dtype == torch.bfloat16
     assert seen == ["another diffusers warning"]
+
+
+def test_a_failed_bf16_load_leaves_torch_default_dtype_alone(tiny, tmp_path):
+    """transformers sets the default dtype to the load's while building the model and, when the weights turn out
+    truncated, leaves it so: every float tensor made afterwards would be bf16."""
+    import shutil
+
+    from openuni.internvl import load_mllm
+    from openuni.loading import load_tokenizer
+
+    broken = tmp_path / "mllm"
+    shutil.copytree(tiny.mllm, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OpenUniError):
+        load_mllm(broken, load_tokenizer(tiny.mllm), dtype=torch.bfloat16)
+    assert torch.get_default_dtype() == torch.float32

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .commands import chat, demo, download, edit, extract_latents, generate, make_tiny, serve, train
@@ -30,12 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    import diffusers
-    import transformers
+    """Only errors from transformers/diffusers, no download bars. Through their environment settings while they are
+    not imported yet, so a command that fails on bad input never pays for importing them."""
+    if "transformers" in sys.modules or "diffusers" in sys.modules:
+        import diffusers
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    diffusers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+        transformers.logging.set_verbosity_error()
+        diffusers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

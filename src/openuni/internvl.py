@@ -18,6 +18,7 @@ from transformers import InternVLConfig, InternVLForConditionalGeneration, Inter
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Chunk, WeightConverter, WeightRenaming
 
+from .devices import default_dtype_kept
 from .errors import OpenUniError, reason
 from .prompting import IMG_CONTEXT
 
@@ -146,6 +147,7 @@ def read_config(path: Path) -> dict:
     return config
 
 
+@default_dtype_kept()
 def load_mllm(
     path: str | Path, tokenizer, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> InternVLForConditionalGeneration:
@@ -156,13 +158,14 @@ def load_mllm(
         if is_original_layout(raw_config):
             config = config_from_original(raw_config, tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
             model, info = OriginalLayoutInternVL.from_pretrained(path, config=config, dtype=dtype,
-                                                                 output_loading_info=True, ignore_mismatched_sizes=True)
+                                                                 output_loading_info=True, ignore_mismatched_sizes=True,
+                                                                 trust_remote_code=False)
             # From here on it is an ordinary native model (and saves as one).
             model.__class__ = InternVLForConditionalGeneration
             model._weight_conversions = None
         elif raw_config.get("model_type") == "internvl":
             model, info = InternVLForConditionalGeneration.from_pretrained(
-                path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
+                path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, trust_remote_code=False)
         else:
             raise OpenUniError(
                 f"{path} holds a {raw_config.get('model_type')!r} model; expected an InternVL3 checkpoint "

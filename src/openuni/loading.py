@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from .checkpoints import load_release, read_state_dict, split_release
 from .connector import OpenUniConnector
-from .devices import resolve_device, resolve_dtype
+from .devices import default_dtype_kept, resolve_device, resolve_dtype
 from .errors import OpenUniError, reason
 from .hub import HUB_ID, MLLM_FILES as HUB_MLLM_FILES, fetch_parts, variant_parts
 from .internvl import load_mllm
@@ -86,6 +86,7 @@ def _component_dir(root: Path, subfolder: str, marker: str) -> Path | None:
 LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
 
 
+@default_dtype_kept()
 def load_diffusers_model(model_class, path: Path, dtype: torch.dtype, what: str, flag: str):
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -103,8 +104,10 @@ def load_diffusers_model(model_class, path: Path, dtype: torch.dtype, what: str,
 
 
 def load_tokenizer(path: Path):
+    # OpenGVLab folders carry `auto_map` (remote code) in config.json: without an explicit False, transformers
+    # stops at a "run the custom code? [y/N]" prompt and waits. The tokenizer itself is a stock Qwen2 one.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as error:
         raise OpenUniError(f"cannot load a tokenizer from {path}: {reason(error)}") from None
     check_tokenizer(tokenizer, path)

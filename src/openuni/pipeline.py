@@ -35,7 +35,7 @@ from .loading import LOAD_ERRORS, check_tokenizer, load_components
 from .model import OpenUni, to_uint8
 from .prompting import (EDIT_UNCONDITIONAL, IMG_CONTEXT, IMG_END, IMG_START, edit_prompt, generation_prompt,
                         unconditional_prompt)
-from .sampling import MAX_SEED
+from .sampling import MAX_SEED, SamplingOptions
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # SANA was trained at one latent size; far beyond it the DiT makes no sense and memory grows with the square.
@@ -59,6 +59,9 @@ class OpenUniPipeline(DiffusionPipeline):
         )
         self._offload_device: torch.device | None = None
         self._model = OpenUni(mllm, connector, transformer, vae)
+        # Opt-in fast sampling used when a call names none (the server and demo set it from their flags).
+        self.default_guidance_interval: tuple[float, float] | None = None
+        self.default_step_cache: float | None = None
 
     # -- construction -----------------------------------------------------------------------------------------
 
@@ -373,24 +376,35 @@ class OpenUniPipeline(DiffusionPipeline):
         return torch.cat([uncond.repeat_interleave(num_images_per_prompt, dim=0), cond])
 
     def denoise(self, latents: torch.Tensor, caption_embeds: torch.Tensor, num_inference_steps: int,
-                guidance_scale: float, callback_on_step_end=None) -> torch.Tensor:
+                guidance_scale: float, callback_on_step_end=None, guidance_interval: tuple[float, float] | None = None,
+                step_cache: float | None = None) -> torch.Tensor:
         """DPM-Solver++ on flow sigmas with classifier-free guidance; the DiT sees the integer timestep (quirk 6).
 
+        `guidance_interval` (start, end): guidance only on steps i with start <= i / steps < end, the conditional
+        branch alone elsewhere. `step_cache`: cache-dit's residual threshold for skipping DiT blocks between steps.
         `callback_on_step_end(pipe, step, timestep, {"latents", "noise_pred"})` may return {"latents": ...}.
         """
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        with self.stage(self.transformer):
-            return self._denoising_loop(latents, caption_embeds, guidance_scale, callback_on_step_end)
+        from .acceleration import use_step_cache
 
-    def _denoising_loop(self, latents, caption_embeds, guidance_scale, callback_on_step_end):
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        use_step_cache(self.transformer, step_cache, num_inference_steps)
+        with self.stage(self.transformer):
+            return self._denoising_loop(latents, caption_embeds, guidance_scale, callback_on_step_end,
+                                        guidance_interval)
+
+    def _denoising_loop(self, latents, caption_embeds, guidance_scale, callback_on_step_end, guidance_interval=None):
         do_cfg = guidance_scale > 1.0
         model = self.model
         caption_embeds = caption_embeds.to(self.transformer.dtype)
-        for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = torch.cat([latents, latents]) if do_cfg else latents
+        cond_embeds = caption_embeds[caption_embeds.shape[0] // 2:] if do_cfg else caption_embeds
+        timesteps = self.scheduler.timesteps
+        start, end = guidance_interval or (0.0, 1.0)
+        for step, t in enumerate(self.progress_bar(timesteps)):
+            guided = do_cfg and start <= step / len(timesteps) < end
+            model_input = torch.cat([latents, latents]) if guided else latents
             timestep = t.expand(model_input.shape[0]).to(torch.float32)
-            velocity = model.predict_velocity(model_input, timestep, caption_embeds).float()
-            if do_cfg:
+            velocity = model.predict_velocity(model_input, timestep, caption_embeds if guided else cond_embeds).float()
+            if guided:
                 velocity_uncond, velocity_cond = velocity.chunk(2)
                 velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
             latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
@@ -418,9 +432,13 @@ class OpenUniPipeline(DiffusionPipeline):
         return_dict: bool = True,
         image=None,
         callback_on_step_end=None,
+        guidance_interval: tuple[float, float] | None = None,
+        step_cache: float | None = None,
     ) -> OpenUniPipelineOutput | tuple:
         """Text-to-image; with `image` (a path or PIL image, or one per prompt) the prompts are edit instructions
-        and `negative_prompt` replaces "Keep the image as it is." in the unconditional branch."""
+        and `negative_prompt` replaces "Keep the image as it is." in the unconditional branch. `guidance_interval`
+        and `step_cache` are the opt-in fast sampling of `openuni.sampling` (None: the pipeline's defaults, off
+        unless set)."""
         prompts = text_list(prompt, "prompt")
         negative_prompts = None if negative_prompt is None else text_list(negative_prompt, "negative_prompt")
         sources = self.prepare_source_images(image, len(prompts)) if image is not None else None
@@ -434,6 +452,10 @@ class OpenUniPipeline(DiffusionPipeline):
             int(height), int(width), int(num_inference_steps), int(num_images_per_prompt))
         guidance_scale = float(guidance_scale)
         do_cfg = guidance_scale > 1.0
+        fast = SamplingOptions(
+            guidance_interval=self.default_guidance_interval if guidance_interval is None else guidance_interval,
+            step_cache=self.default_step_cache if step_cache is None else step_cache,
+        ).check(names={"guidance_interval": "guidance_interval", "step_cache": "step_cache"})
 
         # 1. Conditioning: once per prompt, shared by all of its images.
         if sources is None:
@@ -449,7 +471,8 @@ class OpenUniPipeline(DiffusionPipeline):
         latents = latents.to(self._execution_device, torch.float32)
 
         # 3. Denoising.
-        latents = self.denoise(latents, caption_embeds, num_inference_steps, guidance_scale, callback_on_step_end)
+        latents = self.denoise(latents, caption_embeds, num_inference_steps, guidance_scale, callback_on_step_end,
+                               fast.guidance_interval, fast.step_cache)
         self.check_finite(latents, "denoised latents")
 
         # 4. Decode.

@@ -6,7 +6,7 @@ import argparse
 import socket
 
 from ..errors import OpenUniError
-from .options import add_model_arguments, add_rewrite_argument, pipeline_from_args
+from .options import add_fast_sampling_arguments, add_model_arguments, add_rewrite_argument, pipeline_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -21,6 +21,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     add_rewrite_argument(parser)
     add_model_arguments(parser)
+    add_fast_sampling_arguments(parser)
     parser.set_defaults(func=run)
 
 

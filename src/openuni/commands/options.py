@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
-from ..acceleration import COMPILE_MODES  # light: no heavy imports there
+from ..acceleration import COMPILE_MODES, QUANTIZATIONS  # light: no heavy imports there
 from ..devices import DTYPES
 from ..errors import OpenUniError
-from ..sampling import SamplingOptions
+from ..sampling import SAMPLING_PRESETS, SamplingOptions
 
 PART_FLAGS = {
     "mllm": "InternVL3 directory or Hub id (original or -hf layout)",
@@ -22,13 +23,16 @@ PART_FLAGS = {
 }
 MLLM_PARTS = ("mllm", "tokenizer")
 SAMPLING_FLAGS = {"height": "--height", "width": "--width", "steps": "--steps", "num_images": "--num-images",
-                  "seed": "--seed", "cfg_scale": "--cfg-scale", "negative_prompt": "--negative-prompt"}
+                  "seed": "--seed", "cfg_scale": "--cfg-scale", "negative_prompt": "--negative-prompt",
+                  "guidance_interval": "--guidance-interval", "step_cache": "--step-cache"}
 
 
-def add_device_arguments(group, dtype: bool = True) -> None:
+def add_device_arguments(group, dtype: bool = True, cpu_bf16: bool = False) -> None:
+    """`cpu_bf16`: the command resolves `--dtype auto` with `devices.choose_dtype` (bf16 on CPUs made for it)."""
     group.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     if dtype:
-        group.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+        where = "on GPU and on CPUs with AMX or AVX512-BF16, float32 elsewhere" if cpu_bf16 else "on GPU, float32 on CPU"
+        group.add_argument("--dtype", default="auto", choices=DTYPES, help=f"default: bfloat16 {where}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, mllm_only: bool = False) -> None:
@@ -53,7 +57,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, mllm_only: bool = False
     if not mllm_only:
         group.add_argument("--connector-heads", type=int, metavar="N",
                            help="attention heads of the connector, for checkpoints of a size no variant has")
-    add_device_arguments(group)
+    add_device_arguments(group, cpu_bf16=not mllm_only)
     if mllm_only:
         return
     speed = parser.add_argument_group("speed and memory (see docs/benchmarks.md)")
@@ -62,6 +66,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, mllm_only: bool = False
     speed.add_argument("--offload", action="store_true",
                        help="keep the model in CPU memory, moving each part to the GPU only while it runs")
     speed.add_argument("--vae-tiling", action="store_true", help="decode in tiles and one image at a time (1024 px)")
+    add_quantize_argument(speed)
+
+
+def add_quantize_argument(group) -> None:
+    group.add_argument("--quantize", choices=QUANTIZATIONS,
+                       help="weights of the MLLM, connector and DiT: int8 (torchao, CPU or GPU), fp8 (torchao, Ada/"
+                            "Hopper GPUs), nf4 (bitsandbytes, CUDA)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, batch_size: int = 4, images_per_prompt: bool = True) -> None:
@@ -70,7 +81,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, batch_size: int = 4,
     group = parser.add_argument_group("sampling (defaults follow the reference protocol)")
     group.add_argument("--seed", type=int, default=defaults.seed,
                        help=f"image k of each prompt uses seed + k (default {defaults.seed})")
-    group.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default {defaults.steps})")
+    group.add_argument("--steps", type=int, help=f"denoising steps (default {defaults.steps}, or the --preset's)")
     group.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale,
                        help=f"classifier-free guidance scale (default {defaults.cfg_scale})")
     group.add_argument("--negative-prompt", help="unconditional branch text (default: the reference's)")
@@ -81,45 +92,81 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, batch_size: int = 4,
     group.add_argument("--batch-size", type=int, default=batch_size,
                        help=f"images per forward pass (default {batch_size}); another batch size changes pixels "
                             "by float rounding only (at most 2 levels; README, 'Reproducibility')")
+    add_fast_sampling_arguments(parser, presets=True)
+
+
+def add_fast_sampling_arguments(parser: argparse.ArgumentParser, presets: bool = False) -> None:
+    """Opt-in fast sampling, off by default; `presets` where the command takes --steps (not serve/demo, whose
+    requests carry their own step count)."""
+    group = parser.add_argument_group("fast sampling (opt-in; speed and drift in docs/benchmarks.md)")
+    if presets:
+        group.add_argument("--preset", choices=list(SAMPLING_PRESETS),
+                           help="DPM-Solver steps: " + ", ".join(f"{k} {v}" for k, v in SAMPLING_PRESETS.items())
+                                + " (--steps overrides)")
+    group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
+                       help="classifier-free guidance only on this fraction of the steps (e.g. 0.2 0.8)")
+    group.add_argument("--step-cache", type=float, nargs="?", const=0.08, metavar="THRESHOLD",
+                       help="reuse the DiT's output between similar steps (cache-dit DBCache; default threshold 0.08)")
+
+
+def fast_sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
+    """The fast sampling flags, checked (serve and demo: the pipeline's defaults for every request)."""
+    interval = getattr(args, "guidance_interval", None)
+    return SamplingOptions(guidance_interval=None if interval is None else tuple(interval),
+                           step_cache=getattr(args, "step_cache", None)).check(names=SAMPLING_FLAGS)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
     """The sampling flags as checked `SamplingOptions` (before any model is loaded)."""
     if getattr(args, "batch_size", 1) < 1:
         raise OpenUniError("--batch-size must be at least 1")
-    return SamplingOptions(seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
+    steps = args.steps
+    if steps is None:
+        steps = SamplingOptions.preset_steps(args.preset) if getattr(args, "preset", None) else SamplingOptions.steps
+    fast = fast_sampling_from_args(args)
+    return SamplingOptions(seed=args.seed, steps=steps, cfg_scale=args.cfg_scale,
                            negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-                           num_images=getattr(args, "num_images", 1)).check(names=SAMPLING_FLAGS)
+                           num_images=getattr(args, "num_images", 1), guidance_interval=fast.guidance_interval,
+                           step_cache=fast.step_cache).check(names=SAMPLING_FLAGS)
 
 
 def pipeline_from_args(args: argparse.Namespace):
     """The pipeline the model flags describe, with offload, VAE tiling and compilation as asked."""
-    from ..acceleration import compile_pipeline, enable_vae_memory_savers
+    from ..acceleration import (check_quantization, compile_pipeline, enable_vae_memory_savers, quantize_pipeline,
+                                require)
     from ..devices import resolve_device
 
+    fast = fast_sampling_from_args(args)  # (bad values fail before anything loads)
+    if fast.step_cache is not None:
+        require("cache_dit", "--step-cache", "fast")
     if args.connector_heads is not None and args.connector_heads < 1:
         raise OpenUniError(f"--connector-heads must be at least 1, got {args.connector_heads}")
     device = resolve_device(args.device)
+    if args.quantize:
+        check_quantization(args.quantize, device)
     offload = args.offload and device.type != "cpu"
     if args.offload and not offload:
         logging.getLogger(__name__).warning("--offload has no effect on the CPU")
     # With offload the weights are loaded into CPU memory, never all at once onto the GPU.
     pipe = _load_pipeline(args, "cpu" if offload else device, device)
+    if args.quantize:
+        quantize_pipeline(pipe, args.quantize, device)
     if offload:
         pipe.enable_model_cpu_offload(device=device)
     if args.vae_tiling:
         enable_vae_memory_savers(pipe)
     if args.compile:
         compile_pipeline(pipe, mode=args.compile)
+    pipe.default_guidance_interval, pipe.default_step_cache = fast.guidance_interval, fast.step_cache
     return pipe
 
 
 def _load_pipeline(args: argparse.Namespace, device, target_device):
     """The pipeline on `device`, in the dtype that suits `target_device` (where it will run)."""
-    from ..devices import resolve_dtype
+    from ..devices import choose_dtype
     from ..pipeline import OpenUniPipeline
 
-    dtype = resolve_dtype(args.dtype, target_device)
+    dtype, why = choose_dtype(args.dtype, target_device)
     if args.model:
         overrides = [name for name in PART_FLAGS if getattr(args, name)]
         if overrides:
@@ -127,11 +174,15 @@ def _load_pipeline(args: argparse.Namespace, device, target_device):
         model_dir = Path(args.model)
         if not (model_dir / "model_index.json").is_file():
             raise OpenUniError(f"--model {model_dir}: not a saved OpenUni pipeline (no model_index.json)")
-        return OpenUniPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
-    return OpenUniPipeline.from_variant(
-        args.variant, stage=args.stage, connector_heads=args.connector_heads, device=device, dtype=dtype,
-        **{name: getattr(args, name) for name in PART_FLAGS},
-    )
+        pipe = OpenUniPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
+    else:
+        pipe = OpenUniPipeline.from_variant(
+            args.variant, stage=args.stage, connector_heads=args.connector_heads, device=device, dtype=dtype,
+            **{name: getattr(args, name) for name in PART_FLAGS},
+        )
+    # Said once the model has loaded, so that a refused input stays the only line.
+    print(f"openuni: {str(dtype).removeprefix('torch.')} on {target_device.type} ({why})", file=sys.stderr)
+    return pipe
 
 
 def model_description(args: argparse.Namespace) -> dict:

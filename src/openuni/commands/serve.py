@@ -10,7 +10,7 @@ import argparse
 
 from ..errors import OpenUniError
 from .demo import check_port_free
-from .options import add_model_arguments, add_rewrite_argument, pipeline_from_args
+from .options import add_fast_sampling_arguments, add_model_arguments, add_rewrite_argument, pipeline_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_server_arguments(parser)
     add_rewrite_argument(parser)
     add_model_arguments(parser)
+    add_fast_sampling_arguments(parser)
 
 
 def require_serving_packages() -> None:
