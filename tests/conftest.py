@@ -78,3 +78,14 @@ def golden():
     expected = torch.load(PARITY_DIR / "expected.pt", map_location="cpu", weights_only=True)
     cases = json.loads((PARITY_DIR / "cases.json").read_text())
     return expected, cases, compare_golden.compare
+
+
+@pytest.fixture(autouse=True)
+def torch_default_dtype_is_left_alone():
+    """A test (or a library under it) that leaves torch's default dtype changed fails, and the dtype is restored, so
+    the change cannot silently turn every later test's tensors bf16."""
+    yield
+    leaked = torch.get_default_dtype()
+    if leaked != torch.float32:
+        torch.set_default_dtype(torch.float32)
+        pytest.fail(f"torch's default dtype was left at {leaked}")

@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Only errors from transformers/diffusers, no download bars. Through their environment settings while they are
-    not imported yet, so a command that fails on bad input never pays for importing them."""
+    not imported yet, so a command that fails on bad input never pays for importing them. torchao (imported by
+    diffusers when installed) warns at import about optional kernels this torch build cannot load, and torch about
+    its enums: nothing a user of openuni can act on, so those loggers say errors only too."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules or "diffusers" in sys.modules:
         import diffusers
         import transformers

@@ -28,6 +28,7 @@ from diffusers.utils import BaseOutput
 
 from .checks import integer, real, text_list
 from .connector import OpenUniConnector
+from .devices import default_dtype_kept
 from .errors import OpenUniError, reason
 from .files import write_files_into
 from .images import load_image, size_like
@@ -78,7 +79,8 @@ class OpenUniPipeline(DiffusionPipeline):
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         kwargs.setdefault("use_safetensors", True)  # never fall back to pickled .bin weights
         try:
-            pipe = super().from_pretrained(*args, **kwargs)
+            with default_dtype_kept():  # (transformers and diffusers can leave it at the load's dtype on failure)
+                pipe = super().from_pretrained(*args, **kwargs)
         except (*LOAD_ERRORS, AttributeError) as error:  # (a JSON file that is no mapping fails as attributes)
             raise OpenUniError(f"cannot load a saved OpenUni pipeline from {source}: {reason(error)}") from None
         missing = [name for name in ("tokenizer", "mllm", "connector", "transformer", "vae", "scheduler")
