@@ -98,3 +98,16 @@ def test_noise_and_blank_images_score_zero(shapes_dir):
 def test_bad_sizes_are_one_line_errors(tmp_path, capsys):
     assert main(["shapes", "make", str(tmp_path / "x"), "--train-size", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_eval_score_shapes_scores_a_geneval_layout_folder(shapes_dir, capsys):
+    truth = shapes_dir / "heldout" / "ground_truth"
+    assert main(["eval", "score", "shapes", str(truth), "--device", "cpu"]) == 0
+    summary = json.loads((truth / "shapes_summary.json").read_text())
+    assert summary["scores"]["overall"] >= 0.95 and (truth / "shapes_results.jsonl").is_file()
+    assert "shapes overall: " in capsys.readouterr().out
+
+
+def test_eval_shapes_needs_the_held_out_prompts(tmp_path, capsys):
+    assert main(["eval", "shapes", "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "--prompts DIR/heldout" in capsys.readouterr().err

@@ -17,6 +17,11 @@ def add_parser(subparsers) -> None:
                                                                        "(default: 20)")
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(func=run_make)
+    model = actions.add_parser("model", help="write the small model the shapes-tiny preset trains (mllm/, "
+                                             "transformer/, vae/, scheduler/)")
+    model.add_argument("directory", help="where to write it")
+    model.add_argument("--seed", type=int, default=0)
+    model.set_defaults(func=run_model)
 
 
 def run_make(args: argparse.Namespace) -> int:
@@ -26,4 +31,15 @@ def run_make(args: argparse.Namespace) -> int:
     print(f"wrote {summary['train']} training images to {args.directory}/train/annotations.json and "
           f"{summary['heldout_prompts']} held-out prompts (unseen pairs: {', '.join(summary['held_out_pairs'])}) "
           f"to {args.directory}/heldout/evaluation_metadata.jsonl")
+    return 0
+
+
+def run_model(args: argparse.Namespace) -> int:
+    from ..files import check_writable
+    from ..shapes_model import build_shapes_model
+
+    check_writable(args.directory, "the model folder", folder=True)
+    paths = build_shapes_model(args.directory, seed=args.seed)
+    print(f"wrote the shapes model to {args.directory} ({', '.join(p.name for p in paths.values())}); train it with "
+          "`openuni train shapes-tiny` (paths: see docs/benchmarks.md)")
     return 0
