@@ -4,7 +4,7 @@ Every step is the command a user runs (`python -m openuni.cli ...`):
 
 1. `openuni shapes make DATA`: 64 px images of 1-3 coloured circles/squares/triangles with captions (reference JSON
    layout) and held-out prompts whose colour-shape pairs no training caption names;
-2. `openuni shapes model MODEL`: the small frozen MLLM (word-level BPE, 1-layer LLM), a 6-block SANA and the
+2. `openuni shapes model MODEL`: the small frozen MLLM (word-level BPE, 1-layer LLM), a 4-block SANA and the
    lossless pixel DC-AE (f8);
 3. `openuni extract-latents json ...`: the cached latents;
 4. `openuni train shapes-tiny ...`: queries + connector + projector + SANA from scratch;
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-FULL = dict(train_size=6000, heldout_per_task=20, max_steps=1200, batch_size=32)
+FULL = dict(train_size=6000, heldout_per_task=20, max_steps=1000, batch_size=16)
 SMOKE = dict(train_size=240, heldout_per_task=2, max_steps=20, batch_size=8)
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/shapes-benchmark"), help="working folder")
     parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps (~2 minutes)")
-    parser.add_argument("--max-steps", type=int, help="training steps (default: 1200; smoke: 20)")
+    parser.add_argument("--max-steps", type=int, help="training steps (default: 1000; smoke: 20)")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     args = parser.parse_args()
     settings = dict(SMOKE if args.smoke else FULL)

@@ -111,3 +111,13 @@ def test_eval_score_shapes_scores_a_geneval_layout_folder(shapes_dir, capsys):
 def test_eval_shapes_needs_the_held_out_prompts(tmp_path, capsys):
     assert main(["eval", "shapes", "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
     assert "--prompts DIR/heldout" in capsys.readouterr().err
+
+
+def test_shapes_tiny_preset_trains_everything_at_64_px(capsys):
+    import yaml
+
+    assert main(["train", "shapes-tiny", "data.0.path=elsewhere/latents", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["resolution"] == 64 and config["train_transformer"] is True and config["init_checkpoint"] == "none"
+    assert config["connector"]["num_queries"] == 16 and config["data"][0] == {**config["data"][0], "kind": "latents",
+                                                                               "path": "elsewhere/latents"}

@@ -10,8 +10,10 @@
   covers (8 x 8 latents of 256 channels per 64 px image), centred and scaled (`scaling_factor`) to unit variance.
   The real f32 DC-AE is 312M parameters and would leave a 2 x 2 latent at 64 px; a small DC-AE trained here for ten
   minutes still lost a third of the scorer's ground truth in its reconstructions.
-- SANA: a few layers with sin-cos position embeddings (the released SANA has none and reads position from its
-  convolutions; on an 8 x 8 grid an explicit one learns left/right/top/bottom sooner).
+- SANA: 4 blocks 256 wide (4.9M parameters) with sin-cos position embeddings (the released SANA has none and reads
+  position from its convolutions; on an 8 x 8 grid an explicit one learns left/right/top/bottom sooner). At least
+  as wide as a latent token (256 channels): SANA has no skip from input to output, so a narrower model (128 wide
+  was tried) cannot carry the noise it must predict through its width and leaves it in every image.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ SHAPES_LLM = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, nu
 SHAPES_CONNECTOR = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                         num_queries=16)
 SHAPES_TRANSFORMER = dict(
-    in_channels=256, out_channels=256, num_attention_heads=4, attention_head_dim=32, num_layers=6,
-    num_cross_attention_heads=4, cross_attention_head_dim=32, cross_attention_dim=128, caption_channels=128,
+    in_channels=256, out_channels=256, num_attention_heads=8, attention_head_dim=32, num_layers=4,
+    num_cross_attention_heads=8, cross_attention_head_dim=32, cross_attention_dim=256, caption_channels=128,
     mlp_ratio=2.5, patch_size=1, sample_size=8, attention_bias=False, norm_elementwise_affine=False, norm_eps=1e-6,
     interpolation_scale=1, qk_norm=None,
 )
