@@ -84,6 +84,22 @@ def scorer_checks(truth: Path) -> dict:
     return {"ground_truth": score_images(items)[1], "shuffled": score_images(shuffled)[1]}
 
 
+def prompt_colour_rate(folder: Path) -> float:
+    """A diagnostic beside the rules (not a task): the fraction of images whose most frequent palette colour is one
+    the prompt names. It shows whether the prompt reaches the image even where no shape passes the scorer."""
+    import numpy as np
+
+    from openuni.data.shapes import PALETTE
+    from openuni.evaluation.shapes import color_labels, read_folder
+
+    names, hits, items = list(PALETTE), 0, read_folder(folder)
+    for record, image in items:
+        labels = color_labels(np.asarray(image))
+        counts = [(labels == index).sum() for index in range(len(names))]
+        hits += max(counts) > 0 and names[int(np.argmax(counts))] in {c["color"] for c in record["include"]}
+    return hits / len(items)
+
+
 def write_grid(folder: Path, truth: Path, path: Path, per_task: int = 2) -> list[str]:
     """Rows of: the prompt, its 4 generated images (2x), one rendered ground truth. Returns the prompts shown."""
     import PIL.Image
@@ -158,7 +174,9 @@ def main() -> None:
                                                   str(data / "heldout"), "--output", str(output), "--device", "cpu",
                                                   "--score", log=log)
         scores[name] = json.loads((output / "shapes_summary.json").read_text())["scores"]
+        scores[name]["prompt_colour_rate"] = prompt_colour_rate(output)
     checks = scorer_checks(data / "heldout" / "ground_truth")
+    checks["ground_truth"]["prompt_colour_rate"] = prompt_colour_rate(data / "heldout" / "ground_truth")
     shown = write_grid(work / "eval-trained", data / "heldout" / "ground_truth", work / "grid.png")
     result = {"settings": settings, "times_s": {k: round(v, 1) for k, v in times.items()}, **checks, **scores}
     (work / "shapes.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -168,6 +186,9 @@ def main() -> None:
         f"images, {settings['max_steps']} steps of batch {settings['batch_size']}.", "",
         table({"ground truth": checks["ground_truth"], "shuffled captions": checks["shuffled"],
                "untrained": scores["untrained"], "trained": scores["trained"]}), "",
+        "Prompt colour rate (diagnostic, not a task: the image's most frequent palette colour is one the prompt "
+        "names): " + ", ".join(f"{name} {result[name]['prompt_colour_rate']:.3f}"
+                                for name in ("ground_truth", "untrained", "trained")), "",
         "| step | wall s |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in times.items()], "",
         "`grid.png`: per row a held-out prompt, its 4 generated images, one rendered ground truth. Rows: "
         + "; ".join(shown), ""])
