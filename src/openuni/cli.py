@@ -12,11 +12,11 @@ import logging
 import os
 import sys
 
-from .commands import chat, demo, download, edit, extract_latents, generate, make_tiny, serve, train
+from .commands import chat, demo, download, edit, extract_latents, generate, make_tiny, serve, shapes, train
 from .commands import eval as evaluate
 from .errors import OpenUniError
 
-SUBCOMMANDS = (generate, edit, chat, download, train, extract_latents, evaluate, make_tiny, demo, serve)
+SUBCOMMANDS = (generate, edit, chat, download, train, extract_latents, evaluate, make_tiny, shapes, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

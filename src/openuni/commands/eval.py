@@ -1,7 +1,7 @@
 """`openuni eval`: generate a benchmark's images in its official layout, and score them.
 
-    openuni eval geneval|dpg|wise --output DIR [--prompts PATH] [--score] [sampling and model flags]
-    openuni eval score geneval|dpg|wise DIR [scorer flags]
+    openuni eval geneval|dpg|wise|shapes --output DIR [--prompts PATH] [--score] [sampling and model flags]
+    openuni eval score geneval|dpg|wise|shapes DIR [scorer flags]
 
 Runs on one device or, under `accelerate launch`, on all processes; scoring runs on the main process.
 """
@@ -27,7 +27,7 @@ FILE_DEFAULTS = {"object_names": "built in", "questions": "fetched at a pinned c
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="benchmarks: GenEval, DPG-Bench, WISE",
+    parser = subparsers.add_parser("eval", help="benchmarks: GenEval, DPG-Bench, WISE, synthetic shapes",
                                    description="Generate benchmark images in the official layouts and score them.")
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, benchmark in BENCHMARKS.items():

@@ -123,6 +123,21 @@ def score_wise(folder: Path, options: ScorerOptions, prompts, device: str) -> Sc
     return Scored(records, scores, scorer)
 
 
+def load_shapes(path: Path | None):
+    """The held-out prompts of a shapes data set (`openuni shapes make DIR`: DIR/heldout/evaluation_metadata.jsonl)."""
+    if path is None:
+        raise OpenUniError("shapes: give --prompts DIR/heldout (written by `openuni shapes make DIR`)")
+    return load_geneval(path)
+
+
+def score_shapes(folder: Path, options: ScorerOptions, prompts, device: str) -> Scored:
+    from . import shapes
+
+    rows, scores = shapes.score_folder(folder)
+    scorer = {"name": "shapes rules (colour segmentation, shape fit)", "proxy": False}
+    return Scored(rows, scores, scorer)
+
+
 BENCHMARKS = {
     "geneval": Benchmark(
         name="geneval", title="GenEval", load_prompts=load_geneval,
@@ -142,6 +157,12 @@ BENCHMARKS = {
         prompts_help="a folder with WISE's three JSON files, or one of them (default: fetched from PKU-YuanGroup/WISE)",
         images_per_prompt=1, grid=False, per_prompt_folder=False, results_file="wise_scores.jsonl", proxy=True,
         score=score_wise, scorer_settings=("judge",),
+    ),
+    "shapes": Benchmark(
+        name="shapes", title="Synthetic shapes", load_prompts=load_shapes,
+        prompts_help="the held-out prompts, DIR/heldout of `openuni shapes make DIR` (required)",
+        images_per_prompt=4, grid=False, per_prompt_folder=True, results_file="shapes_results.jsonl", proxy=False,
+        score=score_shapes, scorer_settings=(),
     ),
 }
 

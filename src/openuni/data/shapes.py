@@ -1,0 +1,240 @@
+"""A synthetic compositional text-to-image task: coloured circles, squares and triangles on a white canvas.
+
+Every scene is a list of `Shape`s rendered at 64 px and described by a plain English caption. Prompts follow
+GenEval's six tasks (single object, two objects, counting, colours, position, colour attribution) and carry
+GenEval-style metadata (`tag`, `include` clauses), so the held-out prompts are an `evaluation_metadata.jsonl` that
+`openuni eval shapes` reads. The split is compositional: some colour-shape pairs ("a green circle") never appear in a
+training image or caption (green and circle do, separately); every held-out prompt names at least one of them.
+
+`make_dataset` writes the reference's JSON layout (`annotations.json` listing `{image, annotation}`, captions in
+`.txt` files) that `openuni train` reads with `kind: json`. Everything is fixed by the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import PIL.Image
+import PIL.ImageDraw
+
+from ..errors import OpenUniError
+from ..files import check_writable
+
+SIZE = 64
+BACKGROUND = (255, 255, 255)
+PALETTE = {  # saturated, far apart in RGB: a colour is read back by its nearest palette entry
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 220),
+    "yellow": (235, 195, 20),
+    "purple": (150, 40, 190),
+}
+SHAPES = ("circle", "square", "triangle")
+HELD_OUT_PAIRS = (("red", "triangle"), ("green", "circle"), ("blue", "square"))
+RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+NUMBERS = {1: "one", 2: "two", 3: "three"}
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+HALF_SIZES = (8, 11)  # an object's half width in pixels, drawn uniformly (its box is 17 to 23 px)
+
+
+@dataclass(frozen=True)
+class Shape:
+    color: str
+    shape: str
+    x: int  # centre, pixels
+    y: int
+    half: int  # half of the box side
+
+
+def draw(shapes: list[Shape]) -> PIL.Image.Image:
+    """The scene on a white canvas, without anti-aliasing (every pixel is background or a palette colour)."""
+    image = PIL.Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    pen = PIL.ImageDraw.Draw(image)
+    for item in shapes:
+        box = (item.x - item.half, item.y - item.half, item.x + item.half, item.y + item.half)
+        fill = PALETTE[item.color]
+        if item.shape == "circle":
+            pen.ellipse(box, fill=fill)
+        elif item.shape == "square":
+            pen.rectangle(box, fill=fill)
+        else:  # pointing up, its base the box's bottom edge
+            pen.polygon([(item.x, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
+    return image
+
+
+# -- prompts ------------------------------------------------------------------------------------------------------
+
+def object_phrase(color: str, shape: str) -> str:
+    return f"a {color} {shape}"
+
+
+def caption(tag: str, objects: list[tuple[str, str]], count: int = 1, relation: str | None = None) -> str:
+    if tag == "counting":
+        (color, shape), = objects
+        return f"{NUMBERS[count]} {color} {shape}{'s' if count > 1 else ''}"
+    if tag == "position":
+        return f"{object_phrase(*objects[0])} {RELATIONS[relation]} {object_phrase(*objects[1])}"
+    return " and ".join(object_phrase(*pair) for pair in objects)
+
+
+def prompt_record(tag: str, objects: list[tuple[str, str]], count: int = 1, relation: str | None = None) -> dict:
+    """A GenEval-style metadata object: the task, what must be in the image, and the caption."""
+    include = [{"class": shape, "count": count, "color": color} for color, shape in objects]
+    if relation is not None:
+        include[0]["position"] = [relation, 1]
+    return {"tag": tag, "include": include, "prompt": caption(tag, objects, count, relation)}
+
+
+def pairs(held_out: bool) -> list[tuple[str, str]]:
+    chosen = [(color, shape) for color in PALETTE for shape in SHAPES]
+    return [pair for pair in chosen if (pair in HELD_OUT_PAIRS) == held_out]
+
+
+def random_record(rng: random.Random, tag: str, held_out: bool) -> dict:
+    """A prompt of `tag`. Held out: at least one object is a held-out pair (and the other any pair); training: none
+    is. Two-object prompts name two different shapes."""
+    first = rng.choice(pairs(held_out))
+    if tag in ("single_object", "colors"):
+        return prompt_record(tag, [first])
+    if tag == "counting":
+        return prompt_record(tag, [first], count=rng.choice(sorted(NUMBERS)))
+    others = [p for p in pairs(False) + (pairs(True) if held_out else []) if p[1] != first[1]]
+    objects = [first, rng.choice(others)]
+    rng.shuffle(objects)
+    relation = rng.choice(sorted(RELATIONS)) if tag == "position" else None
+    return prompt_record(tag, objects, relation=relation)
+
+
+# -- scenes -------------------------------------------------------------------------------------------------------
+
+def apart(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Boxes at least 3 px apart on some axis, so objects never touch (same-coloured ones would merge)."""
+    return abs(a[0] - b[0]) >= a[2] + b[2] + 3 or abs(a[1] - b[1]) >= a[2] + b[2] + 3
+
+
+def free_spot(rng: random.Random, placed: list[tuple[int, int, int]], half: int, x_range=None, y_range=None):
+    for _ in range(200):
+        x = rng.randint(*(x_range or (half + 1, SIZE - 2 - half)))
+        y = rng.randint(*(y_range or (half + 1, SIZE - 2 - half)))
+        if all(apart((x, y, half), other) for other in placed):
+            return x, y
+    return None
+
+
+def relation_spots(rng: random.Random, relation: str, halves: tuple[int, int]):
+    """Centres of A and B with A clearly `relation` B: one in each half of the canvas along the relation's axis,
+    and closer across that axis than along it."""
+    a_low = relation in ("left of", "above")  # A on the low side (image y points down)
+    low_half, high_half = halves if a_low else halves[::-1]
+    for _ in range(200):
+        low, high = rng.randint(low_half + 1, SIZE // 2 - 4), rng.randint(SIZE // 2 + 3, SIZE - 2 - high_half)
+        a_main, b_main = (low, high) if a_low else (high, low)
+        a_cross = rng.randint(halves[0] + 1, SIZE - 2 - halves[0])
+        b_cross = rng.randint(halves[1] + 1, SIZE - 2 - halves[1])
+        if abs(a_cross - b_cross) >= 0.6 * abs(a_main - b_main):
+            continue
+        if relation in ("left of", "right of"):
+            a, b = (a_main, a_cross), (b_main, b_cross)
+        else:
+            a, b = (a_cross, a_main), (b_cross, b_main)
+        if apart((*a, halves[0]), (*b, halves[1])):
+            return a, b
+    raise RuntimeError("no layout found")  # (cannot happen at these sizes)
+
+
+def render_scene(rng: random.Random, record: dict) -> list[Shape]:
+    """Objects satisfying a prompt record, at random sizes and places."""
+    clauses = record["include"]
+    if record["tag"] == "position":
+        halves = (rng.randint(*HALF_SIZES), rng.randint(*HALF_SIZES))
+        a, b = relation_spots(rng, clauses[0]["position"][0], halves)
+        return [Shape(clauses[0]["color"], clauses[0]["class"], *a, halves[0]),
+                Shape(clauses[1]["color"], clauses[1]["class"], *b, halves[1])]
+    while True:
+        placed, shapes = [], []
+        for clause in clauses:
+            for _ in range(clause["count"]):
+                half = rng.randint(*HALF_SIZES)
+                spot = free_spot(rng, placed, half)
+                if spot is None:
+                    break
+                placed.append((*spot, half))
+                shapes.append(Shape(clause["color"], clause["class"], *spot, half))
+        if len(shapes) == sum(clause["count"] for clause in clauses):
+            return shapes
+
+
+# -- data sets ----------------------------------------------------------------------------------------------------
+
+def training_samples(count: int, seed: int) -> list[tuple[dict, list[Shape]]]:
+    """(prompt record, scene) pairs of the training split: the six prompt kinds in turn, no held-out pair."""
+    rng = random.Random(f"shapes-train-{seed}")
+    samples = []
+    for index in range(count):
+        record = random_record(rng, TASKS[index % len(TASKS)], held_out=False)
+        samples.append((record, render_scene(rng, record)))
+    return samples
+
+
+def held_out_prompts(per_task: int, seed: int) -> list[dict]:
+    """`per_task` distinct held-out prompts of each task (fewer where the task has fewer)."""
+    rng = random.Random(f"shapes-heldout-{seed}")
+    records = []
+    for tag in TASKS:
+        seen: set[str] = set()
+        for _ in range(per_task * 50):
+            if len(seen) == per_task:
+                break
+            record = random_record(rng, tag, held_out=True)
+            if record["prompt"] not in seen:
+                seen.add(record["prompt"])
+                records.append(record)
+    return records
+
+
+def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: int = 20, seed: int = 0,
+                 heldout_images: int = 4) -> dict:
+    """Write the training split (`train/annotations.json`, images, captions), the held-out prompts
+    (`heldout/evaluation_metadata.jsonl`) and, for checking the scorer, `heldout_images` rendered scenes per held-out
+    prompt in the GenEval layout (`heldout/ground_truth/<00000>/samples/<0000>.png`)."""
+    output = Path(output)
+    if train_size < 1 or heldout_per_task < 1 or heldout_images < 0:
+        raise OpenUniError("shapes: the training size and the held-out prompts per task must be at least 1")
+    check_writable(output, "the shapes folder", folder=True)
+    train_dir = output / "train"
+    (train_dir / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (record, scene) in enumerate(training_samples(train_size, seed)):
+        name = f"{index:06d}"
+        draw(scene).save(train_dir / "images" / f"{name}.png")
+        (train_dir / "images" / f"{name}.txt").write_text(record["prompt"], encoding="utf-8")
+        entries.append({"image": f"images/{name}.png", "annotation": f"images/{name}.txt"})
+    (train_dir / "annotations.json").write_text(json.dumps(entries), encoding="utf-8")
+
+    heldout_dir = output / "heldout"
+    heldout_dir.mkdir(parents=True, exist_ok=True)
+    records = held_out_prompts(heldout_per_task, seed)
+    (heldout_dir / "evaluation_metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records),
+                                                           encoding="utf-8")
+    rng = random.Random(f"shapes-truth-{seed}")
+    for number, record in enumerate(records):
+        folder = heldout_dir / "ground_truth" / f"{number:05d}"
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
+        (folder / "metadata.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+        for k in range(heldout_images):
+            draw(render_scene(rng, record)).save(folder / "samples" / f"{k:04d}.png")
+    summary = {"train": len(entries), "heldout_prompts": len(records), "seed": seed,
+               "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS]}
+    (output / "shapes.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def caption_vocabulary() -> list[str]:
+    """Every word a caption can use."""
+    words = {"a", "and", "to", "the", "of", "left", "right", "above", "below", *PALETTE, *NUMBERS.values()}
+    words.update(SHAPES)
+    words.update(f"{shape}s" for shape in SHAPES)
+    return sorted(words)

@@ -1,0 +1,123 @@
+"""The synthetic-shapes task: its data set (deterministic, compositional split, read by the training path) and its
+rule scorer (ground truth ~1, shuffled captions near chance, noise and blank 0)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from openuni.cli import main
+from openuni.data.shapes import HELD_OUT_PAIRS, TASKS, Shape, draw, held_out_prompts, training_samples
+from openuni.data.sources import JsonImageFolder
+from openuni.evaluation.shapes import find_objects, read_folder, score_images
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    assert main(["shapes", "make", str(root), "--train-size", "120", "--heldout-per-task", "8"]) == 0
+    return root
+
+
+def named_pairs(text: str) -> set[tuple[str, str]]:
+    words = text.split()
+    return {(a, b.rstrip("s")) for a, b in zip(words, words[1:])}
+
+
+def test_training_split_never_names_or_draws_a_held_out_pair():
+    for record, scene in training_samples(600, seed=3):
+        assert not named_pairs(record["prompt"]) & set(HELD_OUT_PAIRS)
+        assert not {(s.color, s.shape) for s in scene} & set(HELD_OUT_PAIRS)
+    words = {w for record, _ in training_samples(600, seed=3) for w in record["prompt"].split()}
+    assert {"red", "triangle", "green", "circle", "blue", "square"} <= words  # each part seen on its own
+
+
+def test_every_held_out_prompt_names_an_unseen_pair_and_all_tasks_are_there():
+    records = held_out_prompts(8, seed=0)
+    assert all(named_pairs(r["prompt"]) & set(HELD_OUT_PAIRS) for r in records)
+    assert {r["tag"] for r in records} == set(TASKS)
+    assert len({(r["tag"], r["prompt"]) for r in records}) == len(records)  # distinct within each task
+
+
+def test_data_set_is_deterministic_and_read_by_the_training_reader(shapes_dir, tmp_path):
+    assert main(["shapes", "make", str(tmp_path), "--train-size", "120", "--heldout-per-task", "8"]) == 0
+    for name in ("train/annotations.json", "train/images/000007.png", "train/images/000007.txt",
+                 "heldout/evaluation_metadata.jsonl"):
+        assert (tmp_path / name).read_bytes() == (shapes_dir / name).read_bytes()
+    source = JsonImageFolder(shapes_dir / "train" / "annotations.json")
+    sample = source[5]
+    assert len(source) == 120 and sample["image"].size == (64, 64) and sample["caption"].split()[0] in ("a", "one",
+                                                                                                       "two", "three")
+
+
+def test_other_seed_other_data(tmp_path):
+    assert training_samples(6, seed=0) != training_samples(6, seed=1)
+
+
+def test_scorer_reads_back_what_was_drawn():
+    scene = [Shape("red", "circle", 14, 14, 9), Shape("blue", "triangle", 46, 18, 10), Shape("yellow", "square", 30, 48, 8)]
+    found = {(o.color, o.shape) for o in find_objects(draw(scene))}
+    assert found == {("red", "circle"), ("blue", "triangle"), ("yellow", "square")}
+
+
+def test_ground_truth_scores_about_one(shapes_dir):
+    rows, summary = score_images(read_folder(shapes_dir / "heldout" / "ground_truth"))
+    assert set(summary["tasks"]) == set(TASKS)
+    assert min(summary["tasks"].values()) >= 0.95 and summary["overall"] >= 0.95
+
+
+def test_shuffled_captions_score_near_chance(shapes_dir):
+    items = read_folder(shapes_dir / "heldout" / "ground_truth")
+    rng = random.Random(0)
+    shuffled = []
+    for tag in TASKS:  # each image judged against another prompt of its task
+        mine = [i for i, (record, _) in enumerate(items) if record["tag"] == tag]
+        others = mine[:]
+        rng.shuffle(others)
+        shuffled += [(items[a][0], items[b][1]) for a, b in zip(mine, others)]
+    _, summary = score_images(shuffled)
+    assert summary["overall"] < 0.4, summary
+
+
+def test_noise_and_blank_images_score_zero(shapes_dir):
+    records = [record for record, _ in read_folder(shapes_dir / "heldout" / "ground_truth")]
+    rng = np.random.default_rng(0)
+    noise = [(r, PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))) for r in records]
+    smooth = [(r, PIL.Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((64, 64), PIL.Image.BICUBIC))
+              for r in records]
+    blank = [(r, PIL.Image.new("RGB", (64, 64), (255, 255, 255))) for r in records]
+    assert score_images(noise)[1]["overall"] == 0
+    assert score_images(blank)[1]["overall"] == 0
+    assert score_images(smooth)[1]["overall"] < 0.1
+
+
+def test_bad_sizes_are_one_line_errors(tmp_path, capsys):
+    assert main(["shapes", "make", str(tmp_path / "x"), "--train-size", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_eval_score_shapes_scores_a_geneval_layout_folder(shapes_dir, capsys):
+    truth = shapes_dir / "heldout" / "ground_truth"
+    assert main(["eval", "score", "shapes", str(truth), "--device", "cpu"]) == 0
+    summary = json.loads((truth / "shapes_summary.json").read_text())
+    assert summary["scores"]["overall"] >= 0.95 and (truth / "shapes_results.jsonl").is_file()
+    assert "shapes overall: " in capsys.readouterr().out
+
+
+def test_eval_shapes_needs_the_held_out_prompts(tmp_path, capsys):
+    assert main(["eval", "shapes", "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "--prompts DIR/heldout" in capsys.readouterr().err
+
+
+def test_shapes_tiny_preset_trains_everything_at_64_px(capsys):
+    import yaml
+
+    assert main(["train", "shapes-tiny", "data.0.path=elsewhere/latents", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["resolution"] == 64 and config["train_transformer"] is True and config["init_checkpoint"] == "none"
+    assert config["connector"]["num_queries"] == 16 and config["data"][0] == {**config["data"][0], "kind": "latents",
+                                                                               "path": "elsewhere/latents"}
