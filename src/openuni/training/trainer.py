@@ -380,6 +380,9 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         self.export(self.output_dir / "final")
+        # Every process leaves together: a process tearing its process group down while the main one still exports
+        # could abort in gloo's threads at exit.
+        acc.wait_for_everyone()
         acc.end_training()
         if self.skipped_samples:
             logger.warning("%d unusable samples were skipped during training", self.skipped_samples)
