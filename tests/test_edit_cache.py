@@ -24,7 +24,7 @@ def encode(pipe, image: PIL.Image.Image) -> torch.Tensor:
 
 
 def test_edit_pairs_cache_the_targets_latents_and_the_resized_source(tiny, tiny_pipe, tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
 
     index = write_edit_dataset(tmp_path / "edits", count=5, missing_target=(2,))
     out = tmp_path / "cache"
@@ -41,7 +41,7 @@ def test_edit_pairs_cache_the_targets_latents_and_the_resized_source(tiny, tiny_
 
 
 def test_reconstruction_caches_one_centred_crop_as_source_and_target(tiny, tiny_pipe, tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.prompting import RECONSTRUCTION_INSTRUCTION
 
     index = write_json_dataset(tmp_path / "images", count=2, no_caption=(0, 1))  # captions are not needed
@@ -59,7 +59,7 @@ def test_reconstruction_caches_one_centred_crop_as_source_and_target(tiny, tiny_
 def test_training_on_cached_edits_is_training_on_the_images(tiny, tiny_pipe, tmp_path, features):
     """The cache changes where latents (and features) come from, not what trains: the same losses, up to the float
     rounding of encoding in other batches."""
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.training.trainer import Trainer
 
     index = write_edit_dataset(tmp_path / "edits", count=4)
@@ -99,7 +99,7 @@ def test_edit_extraction_settings_are_checked(tiny, tmp_path, capsys):
 def test_a_micro_batch_of_cached_features_and_images_conditions_each_on_its_own_source(tiny, tmp_path):
     """Two edit sources, one cached with features and one of images, may fill one micro-batch: the images' features
     are computed there, and the loss is the one of the same batch given as pixels."""
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.training.trainer import Trainer
 
     index = write_edit_dataset(tmp_path / "edits", count=2)
@@ -124,7 +124,7 @@ def test_a_micro_batch_of_cached_features_and_images_conditions_each_on_its_own_
 
 
 def test_a_torn_edit_shard_is_refused_for_training_and_redone_by_a_rerun(tiny, tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.errors import OpenUniError
 
     index = write_edit_dataset(tmp_path / "edits", count=4)

@@ -14,7 +14,7 @@ from training_helpers import (edit_pair, instruction_of, pixels_of, synthetic_im
 
 
 def test_edit_pairs_are_read_in_the_reference_layout_and_resized_not_cropped(tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.data.stream import SampleStream, StreamLayout
 
     source = open_source("json", str(write_edit_dataset(tmp_path, count=4)), "edit")
@@ -30,7 +30,7 @@ def test_edit_pairs_are_read_in_the_reference_layout_and_resized_not_cropped(tmp
 
 
 def test_reconstruction_turns_any_image_source_into_one_random_square_crop_as_source_and_target(tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.data.stream import SampleStream, StreamLayout
     from openuni.prompting import RECONSTRUCTION_INSTRUCTION
 
@@ -52,7 +52,7 @@ def test_reconstruction_turns_any_image_source_into_one_random_square_crop_as_so
 
 
 def test_webdataset_edit_records_read_src_tgt_and_txt(tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.data.stream import SampleStream, StreamLayout
 
     source = open_source("webdataset", write_edit_webdataset(tmp_path, shards=2, per_shard=2), "edit")
@@ -65,7 +65,7 @@ def test_webdataset_edit_records_read_src_tgt_and_txt(tmp_path):
 
 
 def test_bad_edit_samples_are_skipped_counted_and_named(tmp_path, caplog):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.data.stream import SampleStream, StreamLayout
 
     index = write_edit_dataset(tmp_path / "json", count=6, missing_source=(1,), missing_target=(3,),
@@ -88,7 +88,7 @@ def test_bad_edit_samples_are_skipped_counted_and_named(tmp_path, caplog):
 
 
 def test_edit_index_and_cache_mismatches_are_one_clear_error(tmp_path):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.errors import OpenUniError
 
     with pytest.raises(OpenUniError, match='"source_image": ..., "target_image": ...'):
@@ -102,7 +102,7 @@ def test_edit_index_and_cache_mismatches_are_one_clear_error(tmp_path):
 
 
 def mixed_stream(tmp_path, layout):
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.data.stream import SampleStream
 
     sources = [open_source("latents", str(write_latent_dataset(tmp_path / "t2i", count=4))),

@@ -74,7 +74,7 @@ def test_the_trainers_edit_loss_on_the_recorded_batch_is_the_reference_one(tmp_p
 
     import PIL.Image
 
-    from openuni.data.sources import open_source
+    from openuni.data.readers import open_source
     from openuni.training.config import from_dict
     from openuni.training.trainer import Trainer
 

@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
 
 
 def open_dataset(args: argparse.Namespace):
-    from ..data.sources import JsonImageFolder, WebDatasetShards, open_source
+    from ..data.readers import open_source
+    from ..data.sources import JsonImageFolder, WebDatasetShards
     from ..training.config import require_packages
 
     require_packages({"webdataset": args.kind == "webdataset"})

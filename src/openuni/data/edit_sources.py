@@ -145,7 +145,7 @@ class CachedReconstruction(CachedEdits):
         super().__init__(path, "reconstruct")
 
 
-# (task, kind) -> reader, for `sources.open_source`.
+# (task, kind) -> reader, for `readers.open_source`.
 READERS = {
     "edit": dict(json=JsonEditPairs, webdataset=EditShards, latents=CachedEditPairs),
     "reconstruct": dict(json=JsonReconstruction, webdataset=ReconstructionShards, latents=CachedReconstruction),

@@ -5,7 +5,8 @@
 - `CachedLatents`: the shards `openuni extract-latents` writes. Random access.
 - `WebDatasetShards`: tar shards (local paths or brace-expanded URLs) of image + txt/json, read as a stream.
 
-The image-to-image readers (edit pairs, reconstruction) are in `edit_sources`; `open_source` builds any of them.
+The image-to-image readers (edit pairs, reconstruction) are in `edit_sources`; `readers.open_source` builds any
+of them.
 Every reader says which loss its samples train (`task`). A sample that cannot be used raises `BadSample`; the
 stream skips it and counts it.
 """
@@ -256,19 +257,3 @@ class WebDatasetShards:
 
     def sample(self, raw: dict) -> dict:
         return webdataset_sample(raw, self.caption_key)
-
-
-def open_source(kind: str, path: str, task: str = "text2image", **options):
-    """The reader for one configured data source: `kind` is its layout, `task` what it trains (text2image, edit
-    pairs, or reconstruction of its images)."""
-    if task == "text2image":
-        readers = dict(json=JsonImageFolder, latents=CachedLatents, webdataset=WebDatasetShards)
-    elif task in ("edit", "reconstruct"):
-        from . import edit_sources
-
-        readers = edit_sources.READERS[task]
-    else:
-        raise OpenUniError(f"unknown task {task!r}; use text2image, edit or reconstruct")
-    if kind not in readers:
-        raise OpenUniError(f"unknown data source kind {kind!r}; use json, webdataset or latents")
-    return readers[kind](path, **options)

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from ..data.collate import stack_latents, tokenize_edit_prompts, tokenize_prompts, training_prompts
 from ..data.images import aspect_buckets
-from ..data.sources import TEXT_TO_IMAGE, open_source
+from ..data.readers import open_source
+from ..data.sources import TEXT_TO_IMAGE
 from ..data.stream import SampleStream, StreamLayout, sample_generator
 from ..errors import OpenUniError
 from ..loading import Components, load_components
