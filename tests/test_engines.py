@@ -45,7 +45,9 @@ def test_a_process_that_cannot_read_the_chosen_checkpoint_stops_every_process_wi
     result = toy_run("ddp", tmp_path, 2, "--unshared-output")
     assert result.returncode != 0
     errors = [line for line in result.output.splitlines() if line.startswith("engine_toy: error:")]
-    assert len(errors) == 2 and len(set(errors)) == 1  # every process stopped, for the same reason
+    # Every process stops with the same line; the launcher may kill the slower one before it prints its copy.
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1
+    assert "ran on 2 processes; losses" not in result.output  # nobody went on to train
     assert "process 1 cannot read the checkpoint" in errors[0] and "must be shared" in errors[0]
     assert result.seconds < 120  # at once, not after a collective's timeout
 
