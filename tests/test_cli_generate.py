@@ -167,6 +167,23 @@ def test_from_image_makes_the_same_bytes_again(tiny, tmp_path, monkeypatch):
     assert_images_close(np.asarray(PIL.Image.open(elsewhere / "second.png")), np.asarray(PIL.Image.open(second)))
 
 
+def test_from_image_keeps_the_fast_sampling_it_was_made_with(tiny, tmp_path, monkeypatch):
+    """A guidance interval (and a step cache or quantization) changes the image: the record holds it, --from-image
+    uses it again."""
+    first = tmp_path / "interval.png"
+    assert main(["generate", "a red cube", "--seed", "3", "--steps", "4", "--height", "64", "--width", "64",
+                 "--guidance-interval", "0.25", "0.75", "-o", str(first), *tiny_cli_args(tiny)]) == 0
+    assert png_record(first)["guidance_interval"] == [0.25, 0.75]
+    plain = tmp_path / "plain.png"
+    assert main(["generate", "a red cube", "--seed", "3", "--steps", "4", "--height", "64", "--width", "64",
+                 "-o", str(plain), *tiny_cli_args(tiny)]) == 0
+    assert "guidance_interval" not in png_record(plain)
+    assert plain.read_bytes() != first.read_bytes()  # (so the interval is what the record must carry)
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--from-image", str(first), "-o", "again.png", "--device", "cpu"]) == 0
+    assert (tmp_path / "again.png").read_bytes() == first.read_bytes()
+
+
 def test_from_image_refuses_images_without_a_record(tiny, tmp_path, capsys):
     plain = tmp_path / "plain.png"
     PIL.Image.new("RGB", (64, 64)).save(plain)

@@ -54,6 +54,12 @@ def read_record(path: Path) -> dict | str | None:
 
 def generation_record(prompt: str, sampling, height: int, width: int, model: dict, **extra) -> dict:
     """The record of one image made with `sampling` (`SamplingOptions`; its seed is this image's own)."""
-    return {"prompt": prompt, "negative_prompt": sampling.negative_prompt, "seed": sampling.seed,
-            "steps": sampling.steps, "cfg_scale": sampling.cfg_scale, "height": height, "width": width,
-            "model": model, "openuni_version": package_version(), **extra}
+    record = {"prompt": prompt, "negative_prompt": sampling.negative_prompt, "seed": sampling.seed,
+              "steps": sampling.steps, "cfg_scale": sampling.cfg_scale, "height": height, "width": width,
+              "model": model, "openuni_version": package_version(), **extra}
+    # The opt-in fast sampling changes the image too; recorded only when used (plain records stay as they were).
+    if sampling.guidance_interval is not None:
+        record["guidance_interval"] = list(sampling.guidance_interval)
+    if sampling.step_cache is not None:
+        record["step_cache"] = sampling.step_cache
+    return record

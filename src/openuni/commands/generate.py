@@ -173,6 +173,7 @@ def apply_record(args: argparse.Namespace, record: dict) -> None:
     args.rewrite = False  # (the record holds the rewrite: the MLLM is not asked again)
     for field in ("seed", "steps", "cfg_scale", "negative_prompt", "height", "width"):
         setattr(args, field, record[field])
+    args.guidance_interval, args.step_cache = record.get("guidance_interval"), record.get("step_cache")
     args.num_images, args.grid = (record.get("num_images", 1), True) if record.get("grid") else (1, False)
     apply_model_identity(args, record["model"])
     if args.dtype == "auto" and record["model"].get("dtype"):

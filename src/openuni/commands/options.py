@@ -207,12 +207,16 @@ def model_identity(args: argparse.Namespace) -> dict:
     identity.update({name: _absolute(getattr(args, name)) for name in PART_FLAGS if getattr(args, name)})
     if args.connector_heads is not None:
         identity["connector_heads"] = args.connector_heads
+    if getattr(args, "quantize", None):
+        identity["quantize"] = args.quantize
     return identity
 
 
 def apply_model_identity(args: argparse.Namespace, identity: dict) -> None:
     """Load what `identity` (a record's "model") names; model part flags given on the command line still win (for
     parts that moved since)."""
+    if hasattr(args, "quantize"):
+        args.quantize = args.quantize or identity.get("quantize")
     if "model" in identity:
         args.model = args.model or identity["model"]
         return
