@@ -35,8 +35,6 @@ from .variants import SANA_SCHEDULER_CONFIG
 LLM_INIT_STD = 0.3
 SHAPES_LLM = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
                   intermediate_size=128)
-SHAPES_CONNECTOR = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                        num_queries=16)
 SHAPES_TRANSFORMER = dict(
     in_channels=256, out_channels=256, num_attention_heads=8, attention_head_dim=32, num_layers=4,
     num_cross_attention_heads=8, cross_attention_head_dim=32, cross_attention_dim=256, caption_channels=128,

@@ -115,10 +115,10 @@ def apart(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
     return abs(a[0] - b[0]) >= a[2] + b[2] + 3 or abs(a[1] - b[1]) >= a[2] + b[2] + 3
 
 
-def free_spot(rng: random.Random, placed: list[tuple[int, int, int]], half: int, x_range=None, y_range=None):
+def free_spot(rng: random.Random, placed: list[tuple[int, int, int]], half: int):
     for _ in range(200):
-        x = rng.randint(*(x_range or (half + 1, SIZE - 2 - half)))
-        y = rng.randint(*(y_range or (half + 1, SIZE - 2 - half)))
+        x = rng.randint(half + 1, SIZE - 2 - half)
+        y = rng.randint(half + 1, SIZE - 2 - half)
         if all(apart((x, y, half), other) for other in placed):
             return x, y
     return None
@@ -201,8 +201,10 @@ def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: i
     (`heldout/evaluation_metadata.jsonl`) and, for checking the scorer, `heldout_images` rendered scenes per held-out
     prompt in the GenEval layout (`heldout/ground_truth/<00000>/samples/<0000>.png`)."""
     output = Path(output)
-    if train_size < 1 or heldout_per_task < 1 or heldout_images < 0:
+    if train_size < 1 or heldout_per_task < 1:
         raise OpenUniError("shapes: the training size and the held-out prompts per task must be at least 1")
+    if heldout_images < 0:
+        raise OpenUniError("shapes: the ground-truth images per held-out prompt must be 0 or more")
     check_writable(output, "the shapes folder", folder=True)
     train_dir = output / "train"
     (train_dir / "images").mkdir(parents=True, exist_ok=True)

@@ -114,9 +114,8 @@ def find_objects(image: PIL.Image.Image) -> list[Found]:
 
 def holds(relation: str, a: Found, b: Found) -> bool:
     dx, dy = a.x - b.x, a.y - b.y  # image y points down
-    along, across, sign = (dx, dy, -1) if relation in ("left of", "right of") else (dy, dx, -1)
-    if relation in ("right of", "below"):
-        sign = 1
+    along, across = (dx, dy) if relation in ("left of", "right of") else (dy, dx)
+    sign = 1 if relation in ("right of", "below") else -1
     return sign * along > 0 and abs(along) > abs(across)
 
 

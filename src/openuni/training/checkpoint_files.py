@@ -17,9 +17,8 @@ import re
 from pathlib import Path
 
 from ..errors import OpenUniError
+from .checkpointing import STATE_FILE
 from .engines import DDP, DEEPSPEED, FSDP
-
-STATE_FILE = "trainer_state.json"
 COMMON = [re.compile(r"random_states_\d+\.pkl"), re.compile(re.escape(STATE_FILE))]
 LAYOUTS = {
     DDP: [re.compile(r"model\.safetensors"), re.compile(r"optimizer\.bin")],

@@ -255,7 +255,8 @@ class Trainer:
         """This engine and process count can resume `checkpoint`, which holds only trusted, whole files and, under
         DDP, exactly the weights this run trains."""
         check_resumable(checkpoint, self.engine, self.accelerator.num_processes)
-        check_checkpoint_files(checkpoint, self.engine)
+        if self.accelerator.is_local_main_process:  # once per node: its processes read the same files
+            check_checkpoint_files(checkpoint, self.engine)
         if self.engine not in (FSDP, DEEPSPEED):
             from safetensors import safe_open
 
