@@ -232,5 +232,5 @@ def test_a_missing_optional_library_is_one_line_naming_the_extra():
 
     require("torch", "--anything", "fast")
     with pytest.raises(OpenUniError, match=r"^--step-cache needs no_such_library_x, which is not installed: pip "
-                                           r"install 'openuni\[fast\]'$"):
+                                           r"install -e '\.\[fast\]'$"):
         require("no_such_library_x", "--step-cache", "fast")

@@ -116,3 +116,27 @@ def test_a_directory_written_from_the_cache_loads_with_model(tiny, tiny_pipe, tm
     assert main(["generate", "a red cube", "--model", str(tmp_path / "model"), "--steps", "2", "--height", "64",
                  "--width", "64", "--device", "cpu", "-o", str(tmp_path / "cube.png")]) == 0
     assert (tmp_path / "cube.png").is_file()
+
+
+def test_download_keeps_the_hubs_progress_bars_and_refuses_a_dtype_without_dir(tmp_path):
+    """Downloading is the command's job, so its progress bars stay on (every other command hides them); --dtype
+    only means something for the folder --dir writes. (Fresh processes: the CLI quiets the libraries through their
+    environment settings before it imports them.)"""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, sys; from openuni.cli import main; code = main(sys.argv[1:]); "
+             "print('bars-hidden' if os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS') == '1' else 'bars-shown'); "
+             "sys.exit(code)")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    download = run("download", "openuni-b-512", "--dtype", "bfloat16")
+    assert download.returncode == 2 and "give --dir with it" in download.stderr
+    assert download.stdout.strip() == "bars-shown"
+    generate = run("generate", "")
+    assert generate.returncode == 2 and generate.stdout.strip() == "bars-hidden"

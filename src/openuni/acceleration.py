@@ -123,4 +123,4 @@ def require(package: str, flag: str, extra: str) -> None:
     from .errors import OpenUniError
 
     if importlib.util.find_spec(package) is None:
-        raise OpenUniError(f"{flag} needs {package}, which is not installed: pip install 'openuni[{extra}]'")
+        raise OpenUniError(f"{flag} needs {package}, which is not installed: pip install -e '.[{extra}]'")

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Only errors from transformers/diffusers, no download bars. Through their environment settings while they are
+def quiet_libraries(download_bars: bool = False) -> None:
+    """Only errors from transformers/diffusers, no download bars (but for a command whose job is downloading). Through their environment settings while they are
     not imported yet, so a command that fails on bad input never pays for importing them. torchao (imported by
     diffusers when installed) warns at import about optional kernels this torch build cannot load, and torch about
     its enums: nothing a user of openuni can act on, so those loggers say errors only too."""
@@ -43,11 +43,13 @@ def quiet_libraries() -> None:
 
         transformers.logging.set_verbosity_error()
         diffusers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        if not download_bars:
+            transformers.utils.logging.disable_progress_bar()
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not download_bars:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
-        quiet_libraries()
+        quiet_libraries(download_bars=getattr(args, "download_bars", False))
     try:
         return args.func(args) or 0
     except OpenUniError as error:

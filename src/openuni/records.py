@@ -8,6 +8,7 @@ package version. `openuni generate --from-image` reads it back to make the image
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ UNREADABLE = "unreadable"
 GENERATION_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "height", "width", "model")
 
 
+@functools.cache
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

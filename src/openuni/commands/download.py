@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import OpenUniError
+
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -20,9 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("variant", choices=list(VARIANTS))
     parser.add_argument("--stage", default="finetune", choices=STAGES, help="finetuned (blip3o60k) or pretrained")
     parser.add_argument("--dir", type=Path, metavar="DIR", help="write the assembled pipeline here (safetensors)")
-    parser.add_argument("--dtype", default="float32", choices=SAVE_DTYPES,
+    parser.add_argument("--dtype", choices=SAVE_DTYPES,
                         help="weights' dtype in --dir (default float32, as the parts come)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, download_bars=True)  # (the CLI hides the Hub's progress bars elsewhere)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dir is not None:
         check_writable(args.dir, "--dir", folder=True)
+    elif args.dtype is not None:
+        raise OpenUniError("--dtype is the dtype of the pipeline folder --dir writes: give --dir with it (the Hub "
+                           "cache keeps the parts as they come)")
     parts = variant_parts(args.variant, args.stage)
     for part in parts.values():
         print(f"{part.what}: {part.repo}" + (f" ({part.filename})" if part.filename else ""))
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         stage = "" if args.stage == "finetune" else f" --stage {args.stage}"
         print(f"  openuni generate 'a red cube' --variant {args.variant}{stage}")
         return 0
-    save_variant(args.variant, args.stage, args.dir, args.dtype)
+    save_variant(args.variant, args.stage, args.dir, args.dtype or "float32")
     print(f"wrote {args.variant} to {args.dir}; generate with it:")
     print(f"  openuni generate 'a red cube' --model {args.dir}")
     return 0

@@ -196,16 +196,15 @@ def run(args: argparse.Namespace) -> int:
     height, width = sampling.height or pipe.default_resolution, sampling.width or pipe.default_resolution
     model = {**model_identity(args), "dtype": str(pipe.dtype).removeprefix("torch.")}
     rewrites = getattr(args, "recorded_rewrites", None) or [None] * len(prompts)
-    if args.rewrite:
-        from ..rewriting import rewrite_prompts
-
-        rewrites = rewrite_prompts(pipe, prompts)
-    conditioning = [rewrite or prompt for prompt, rewrite in zip(prompts, rewrites)]
     prompts_per_batch = max(1, args.batch_size // args.num_images)
     writer.quiet_steps(pipe, prompts_per_batch)
     for start in range(0, len(prompts), prompts_per_batch):
         numbers = range(start, min(start + prompts_per_batch, len(prompts)))
-        images = pipe([conditioning[i] for i in numbers], **sampling.pipeline_kwargs()).images
+        if args.rewrite:  # batch by batch: an interrupted run keeps what it finished, rewrites included
+            from ..rewriting import rewrite_prompts
+
+            rewrites[start:numbers.stop] = rewrite_prompts(pipe, [prompts[i] for i in numbers])
+        images = pipe([rewrites[i] or prompts[i] for i in numbers], **sampling.pipeline_kwargs()).images
         writer.save(images, [(i, generation_record(prompts[i], sampling, height, width, model,
                                                    **({"rewritten_prompt": rewrites[i]} if rewrites[i] else {})))
                              for i in numbers])
