@@ -147,12 +147,16 @@ def pipeline_from_args(args: argparse.Namespace):
     offload = args.offload and device.type != "cpu"
     if args.offload and not offload:
         logging.getLogger(__name__).warning("--offload has no effect on the CPU")
-    # With offload the weights are loaded into CPU memory, never all at once onto the GPU.
-    pipe = _load_pipeline(args, "cpu" if offload else device, device)
+    # With offload the weights are loaded into CPU memory, never all at once onto the GPU; NF4 too: bitsandbytes
+    # quantizes its weights as they move to the GPU, so the whole bf16 model must never be there first.
+    staged = offload or args.quantize == "nf4"
+    pipe = _load_pipeline(args, "cpu" if staged else device, device)
     if args.quantize:
         quantize_pipeline(pipe, args.quantize, device)
     if offload:
         pipe.enable_model_cpu_offload(device=device)
+    elif staged:
+        pipe.to(device)
     if args.vae_tiling:
         enable_vae_memory_savers(pipe)
     if args.compile:
