@@ -236,12 +236,21 @@ def test_a_chat_waits_behind_at_most_the_running_image_batch(small_server):
     def queued_images() -> float:
         return metric(httpx.get(f"{small_server}/metrics").text, "openuni_queue_depth", lane="images")
 
-    with ThreadPoolExecutor(4) as pool:
-        images = [pool.submit(timed, f"image {k}", "/v1/images/generations", SLOW) for k in range(3)]
+    def wait_for(condition, what):
         deadline = time.monotonic() + 30
-        while queued_images() < 2:  # one image runs, two wait
-            assert time.monotonic() < deadline
+        while not condition():
+            assert time.monotonic() < deadline, f"never saw {what}"
             time.sleep(0.02)
+
+    # One image runs, two wait: sent one after another (sent at once, they arrived staggered on a fast machine and the
+    # first had finished before the third came), each slow enough that the state holds while the chat is sent.
+    slower = dict(SLOW, size="192x192")
+    with ThreadPoolExecutor(4) as pool:
+        images = [pool.submit(timed, "image 0", "/v1/images/generations", slower)]
+        wait_for(lambda: metric(httpx.get(f"{small_server}/metrics").text, "openuni_running_images") >= 1,
+                 "the first image running")
+        images += [pool.submit(timed, f"image {k}", "/v1/images/generations", slower) for k in (1, 2)]
+        wait_for(lambda: queued_images() >= 2, "two images queued")
         asked = time.monotonic()
         chat = pool.submit(timed, "chat", "/v1/chat/completions",
                            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})

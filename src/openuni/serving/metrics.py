@@ -21,6 +21,8 @@ class ServerMetrics:
         self.queue_depth = Gauge("openuni_queue_depth", "requests waiting, by lane (images, chat)", ["lane"],
                                  registry=registry)
         self.queued_images = Gauge("openuni_queued_images", "images waiting in the image lane", registry=registry)
+        self.running_images = Gauge("openuni_running_images", "images of the pipeline call running now",
+                                    registry=registry)
         self.pipeline_calls = Counter("openuni_pipeline_calls", "pipeline calls (batches), by task", ["task"],
                                       registry=registry)
         self.batch_images = Histogram("openuni_batch_images", "images per pipeline call", buckets=SIZE_BUCKETS,

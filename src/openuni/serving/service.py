@@ -210,12 +210,15 @@ class OpenUniService:
         start = time.monotonic()
         if self.config.rewrite and jobs[0].task == "generate":
             self.rewrite(jobs)
+        self.metrics.running_images.set(sum(job.images for job in jobs))
         try:
             images = self.pipe(**pipeline_arguments(jobs), callback_on_step_end=on_step).images
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # so that the batcher's retry, one request at a time, can fit
             raise
+        finally:
+            self.metrics.running_images.set(0)
         end = time.monotonic()
         task = jobs[0].task
         self.metrics.pipeline_calls.labels(task).inc()
