@@ -11,9 +11,9 @@ import PIL.Image
 import pytest
 
 from openuni.cli import main
-from openuni.data.shapes import HELD_OUT_PAIRS, TASKS, Shape, draw, held_out_prompts, training_samples
+from openuni.data.shapes import CELLS, HELD_OUT_PAIRS, TASKS, Shape, draw, held_out_prompts, training_samples
 from openuni.data.sources import JsonImageFolder
-from openuni.evaluation.shapes import find_objects, read_folder, score_images
+from openuni.evaluation.shapes import find_objects, holds, read_folder, score_images
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,16 @@ def test_data_set_is_deterministic_and_read_by_the_training_reader(shapes_dir, t
     sample = source[5]
     assert len(source) == 120 and sample["image"].size == (64, 64) and sample["caption"].split()[0] in ("a", "one",
                                                                                                        "two", "three")
+
+
+def test_scenes_put_one_object_per_grid_cell_and_relations_hold():
+    for record, scene in training_samples(300, seed=1):
+        assert len({(s.x, s.y) for s in scene}) == len(scene) and {(s.x, s.y) for s in scene} <= set(CELLS.values())
+        assert len(scene) == sum(clause["count"] for clause in record["include"])
+        if record["tag"] == "position":  # the first object in the named relation to the second, as the scorer reads it
+            found = {(o.color, o.shape): o for o in find_objects(draw(scene))}
+            first, second = ((c["color"], c["class"]) for c in record["include"])
+            assert holds(record["include"][0]["position"][0], found[first], found[second])
 
 
 def test_other_seed_other_data(tmp_path):

@@ -37,7 +37,8 @@ HELD_OUT_PAIRS = (("red", "triangle"), ("green", "circle"), ("blue", "square"))
 RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-HALF_SIZES = (8, 11)  # an object's half width in pixels, drawn uniformly (its box is 17 to 23 px)
+CELL = 32  # objects sit in the cells of a 2 x 2 grid
+HALF = 12  # an object's half width in pixels: its box is 25 px, centred in its cell
 
 
 @dataclass(frozen=True)
@@ -110,61 +111,31 @@ def random_record(rng: random.Random, tag: str, held_out: bool) -> dict:
 
 # -- scenes -------------------------------------------------------------------------------------------------------
 
-def apart(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
-    """Boxes at least 3 px apart on some axis, so objects never touch (same-coloured ones would merge)."""
-    return abs(a[0] - b[0]) >= a[2] + b[2] + 3 or abs(a[1] - b[1]) >= a[2] + b[2] + 3
+CELLS = {(column, row): (CELL // 2 + column * CELL, CELL // 2 + row * CELL) for row in range(2) for column in range(2)}
 
 
-def free_spot(rng: random.Random, placed: list[tuple[int, int, int]], half: int):
-    for _ in range(200):
-        x = rng.randint(half + 1, SIZE - 2 - half)
-        y = rng.randint(half + 1, SIZE - 2 - half)
-        if all(apart((x, y, half), other) for other in placed):
-            return x, y
-    return None
-
-
-def relation_spots(rng: random.Random, relation: str, halves: tuple[int, int]):
-    """Centres of A and B with A clearly `relation` B: one in each half of the canvas along the relation's axis,
-    and closer across that axis than along it."""
-    a_low = relation in ("left of", "above")  # A on the low side (image y points down)
-    low_half, high_half = halves if a_low else halves[::-1]
-    for _ in range(200):
-        low, high = rng.randint(low_half + 1, SIZE // 2 - 4), rng.randint(SIZE // 2 + 3, SIZE - 2 - high_half)
-        a_main, b_main = (low, high) if a_low else (high, low)
-        a_cross = rng.randint(halves[0] + 1, SIZE - 2 - halves[0])
-        b_cross = rng.randint(halves[1] + 1, SIZE - 2 - halves[1])
-        if abs(a_cross - b_cross) >= 0.6 * abs(a_main - b_main):
-            continue
-        if relation in ("left of", "right of"):
-            a, b = (a_main, a_cross), (b_main, b_cross)
-        else:
-            a, b = (a_cross, a_main), (b_cross, b_main)
-        if apart((*a, halves[0]), (*b, halves[1])):
-            return a, b
-    raise RuntimeError("no layout found")  # (cannot happen at these sizes)
+def placed(color: str, shape: str, cell: tuple[int, int]) -> Shape:
+    return Shape(color, shape, *CELLS[cell], HALF)
 
 
 def render_scene(rng: random.Random, record: dict) -> list[Shape]:
-    """Objects satisfying a prompt record, at random sizes and places."""
+    """Objects satisfying a prompt record, one per cell of a 2 x 2 grid of 32 px cells, centred (neighbours are
+    7 px apart). A relation puts A and B side by side (left of / right of: one row, A's column on the named side)
+    or one over the other (above / below: one column). The cells are random. The grid keeps the layouts few
+    enough for a model trained for minutes on a CPU to draw clean shapes (objects of random sizes at random places,
+    tried first, came out as speckled blobs); what is tested, colours bound to shapes never seen together, is the
+    same. Sizes drawn from 23-27 px and centres jittered by 2 px were tried too: held-out 0.015 against 0.044."""
     clauses = record["include"]
     if record["tag"] == "position":
-        halves = (rng.randint(*HALF_SIZES), rng.randint(*HALF_SIZES))
-        a, b = relation_spots(rng, clauses[0]["position"][0], halves)
-        return [Shape(clauses[0]["color"], clauses[0]["class"], *a, halves[0]),
-                Shape(clauses[1]["color"], clauses[1]["class"], *b, halves[1])]
-    while True:
-        placed, shapes = [], []
-        for clause in clauses:
-            for _ in range(clause["count"]):
-                half = rng.randint(*HALF_SIZES)
-                spot = free_spot(rng, placed, half)
-                if spot is None:
-                    break
-                placed.append((*spot, half))
-                shapes.append(Shape(clause["color"], clause["class"], *spot, half))
-        if len(shapes) == sum(clause["count"] for clause in clauses):
-            return shapes
+        relation = clauses[0]["position"][0]
+        line = rng.randrange(2)
+        low, high = ((0, line), (1, line)) if relation in ("left of", "right of") else ((line, 0), (line, 1))
+        a, b = (low, high) if relation in ("left of", "above") else (high, low)  # image y points down
+        return [placed(clauses[0]["color"], clauses[0]["class"], a),
+                placed(clauses[1]["color"], clauses[1]["class"], b)]
+    objects = [(clause["color"], clause["class"]) for clause in clauses for _ in range(clause["count"])]
+    cells = rng.sample(sorted(CELLS), len(objects))
+    return [placed(color, shape, cell) for (color, shape), cell in zip(objects, cells)]
 
 
 # -- data sets ----------------------------------------------------------------------------------------------------
