@@ -16,7 +16,7 @@ the baseline, and the scorer is checked on the rendered ground truth (must be ~1
 The report (`REPORT.md`) has the per-task table and a sample grid (`grid.png`: each held-out prompt beside its
 images).
 
-    python benchmarks/shapes.py                 # full run, ~30 min on a 2-core CPU
+    python benchmarks/shapes.py                 # full run, ~20 min on a 2-core CPU
     python benchmarks/shapes.py --smoke         # ~2 min: tiny data, 20 steps (what the CI test runs)
 """
 
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-FULL = dict(train_size=6000, heldout_per_task=20, max_steps=1000, batch_size=16)
+FULL = dict(train_size=6000, heldout_per_task=20, max_steps=3000, batch_size=16)
 SMOKE = dict(train_size=240, heldout_per_task=2, max_steps=20, batch_size=8)
 
 
@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/shapes-benchmark"), help="working folder")
     parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps (~2 minutes)")
-    parser.add_argument("--max-steps", type=int, help="training steps (default: 1000; smoke: 20)")
+    parser.add_argument("--max-steps", type=int, help=f"training steps (default: {FULL['max_steps']}; smoke: {SMOKE['max_steps']})")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     args = parser.parse_args()
     settings = dict(SMOKE if args.smoke else FULL)

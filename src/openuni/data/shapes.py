@@ -37,7 +37,7 @@ HELD_OUT_PAIRS = (("red", "triangle"), ("green", "circle"), ("blue", "square"))
 RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-CELL = 32  # objects sit in the cells of a 2 x 2 grid
+CELL = SIZE // 2  # objects sit in the cells of a 2 x 2 grid
 HALF = 12  # an object's half width in pixels: its box is 25 px, centred in its cell
 
 
@@ -119,12 +119,10 @@ def placed(color: str, shape: str, cell: tuple[int, int]) -> Shape:
 
 
 def render_scene(rng: random.Random, record: dict) -> list[Shape]:
-    """Objects satisfying a prompt record, one per cell of a 2 x 2 grid of 32 px cells, centred (neighbours are
-    7 px apart). A relation puts A and B side by side (left of / right of: one row, A's column on the named side)
-    or one over the other (above / below: one column). The cells are random. The grid keeps the layouts few
-    enough for a model trained for minutes on a CPU to draw clean shapes (objects of random sizes at random places,
-    tried first, came out as speckled blobs); what is tested, colours bound to shapes never seen together, is the
-    same. Sizes drawn from 23-27 px and centres jittered by 2 px were tried too: held-out 0.015 against 0.044."""
+    """Objects satisfying a prompt record, each centred in its own random cell of the 2 x 2 grid (neighbours are
+    7 px apart). A relation puts A and B in one row (left of / right of) or one column (above / below). Few
+    layouts let a model trained for minutes on a CPU draw clean shapes (random sizes and places came out as
+    speckled blobs; docs/benchmarks.md); what is tested, colours bound to shapes never seen together, is the same."""
     clauses = record["include"]
     if record["tag"] == "position":
         relation = clauses[0]["position"][0]
