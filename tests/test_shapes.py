@@ -54,8 +54,10 @@ def test_data_set_is_deterministic_and_read_by_the_training_reader(shapes_dir, t
                                                                                                        "two", "three")
 
 
-def test_scenes_put_one_object_per_grid_cell_and_relations_hold():
+def test_scenes_are_fixed_by_their_prompt_one_object_per_grid_cell_and_relations_hold():
+    scenes = {}
     for record, scene in training_samples(300, seed=1):
+        assert scenes.setdefault(record["prompt"], scene) == scene
         assert len({(s.x, s.y) for s in scene}) == len(scene) and {(s.x, s.y) for s in scene} <= set(CELLS.values())
         assert len(scene) == sum(clause["count"] for clause in record["include"])
         if record["tag"] == "position":  # the first object in the named relation to the second, as the scorer reads it

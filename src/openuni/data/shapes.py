@@ -118,22 +118,26 @@ def placed(color: str, shape: str, cell: tuple[int, int]) -> Shape:
     return Shape(color, shape, *CELLS[cell], HALF)
 
 
-def render_scene(rng: random.Random, record: dict) -> list[Shape]:
-    """Objects satisfying a prompt record, each centred in its own random cell of the 2 x 2 grid (neighbours are
-    7 px apart). A relation puts A and B in one row (left of / right of) or one column (above / below). Few
-    layouts let a model trained for minutes on a CPU draw clean shapes (random sizes and places came out as
-    speckled blobs; docs/benchmarks.md); what is tested, colours bound to shapes never seen together, is the same."""
+# The cells objects take, in the order the prompt names them (column, row): a scene is fixed by its prompt.
+ORDER = ((0, 0), (1, 0), (0, 1), (1, 1))
+RELATION_CELLS = {"left of": ((0, 0), (1, 0)), "right of": ((1, 0), (0, 0)),
+                  "above": ((0, 0), (0, 1)), "below": ((0, 1), (0, 0))}  # (A's cell, B's cell); image y points down
+
+
+def render_scene(record: dict) -> list[Shape]:
+    """The objects of a prompt record, each centred in its own cell of the 2 x 2 grid (neighbours are 7 px apart),
+    in cells fixed by the prompt: named objects fill the top row, then the bottom one (`ORDER`); a relation puts A
+    and B in the top row (left of / right of) or the left column (above / below). A model trained for minutes on a
+    CPU drew speckled blobs where sizes and places were random, and mixed shapes across cells where the cells were
+    drawn at random (each image token must then agree with the others on which cells hold what; docs/benchmarks.md).
+    What is tested, colours bound to shapes never seen together, counts and relations, is the same."""
     clauses = record["include"]
     if record["tag"] == "position":
-        relation = clauses[0]["position"][0]
-        line = rng.randrange(2)
-        low, high = ((0, line), (1, line)) if relation in ("left of", "right of") else ((line, 0), (line, 1))
-        a, b = (low, high) if relation in ("left of", "above") else (high, low)  # image y points down
+        a, b = RELATION_CELLS[clauses[0]["position"][0]]
         return [placed(clauses[0]["color"], clauses[0]["class"], a),
                 placed(clauses[1]["color"], clauses[1]["class"], b)]
     objects = [(clause["color"], clause["class"]) for clause in clauses for _ in range(clause["count"])]
-    cells = rng.sample(sorted(CELLS), len(objects))
-    return [placed(color, shape, cell) for (color, shape), cell in zip(objects, cells)]
+    return [placed(color, shape, cell) for (color, shape), cell in zip(objects, ORDER)]
 
 
 # -- data sets ----------------------------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def training_samples(count: int, seed: int) -> list[tuple[dict, list[Shape]]]:
     samples = []
     for index in range(count):
         record = random_record(rng, TASKS[index % len(TASKS)], held_out=False)
-        samples.append((record, render_scene(rng, record)))
+        samples.append((record, render_scene(record)))
     return samples
 
 
@@ -190,13 +194,12 @@ def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: i
     records = held_out_prompts(heldout_per_task, seed)
     (heldout_dir / "evaluation_metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records),
                                                            encoding="utf-8")
-    rng = random.Random(f"shapes-truth-{seed}")
     for number, record in enumerate(records):
         folder = heldout_dir / "ground_truth" / f"{number:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
         (folder / "metadata.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
         for k in range(heldout_images):
-            draw(render_scene(rng, record)).save(folder / "samples" / f"{k:04d}.png")
+            draw(render_scene(record)).save(folder / "samples" / f"{k:04d}.png")
     summary = {"train": len(entries), "heldout_prompts": len(records), "seed": seed,
                "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS]}
     (output / "shapes.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

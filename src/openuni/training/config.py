@@ -246,7 +246,7 @@ PRESETS["shapes-tiny"] = dict(
     vae="shapes/model/vae", scheduler="shapes/model/scheduler", init_checkpoint="none",
     connector=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_queries=16),
     data=[dict(kind="latents", path="shapes/latents")], resolution=64, num_workers=0, train_transformer=True,
-    lr=1e-3, max_steps=3000, batch_size=16, warmup_ratio=0.03, mixed_precision="no", seed=0,
+    lr=1e-3, max_steps=4000, batch_size=16, warmup_ratio=0.03, mixed_precision="no", seed=0,
     output_dir="runs/shapes-tiny", checkpoint_every=1000, log_with="none",
 )
 
