@@ -77,7 +77,8 @@ def main() -> None:
         for name, records in (("training", train[:300]), ("held-out", held_out_prompts(20, seed=0))):
             found, truth = features(records), torch.tensor([attributes(r) for r in records])
             right = torch.stack([head(found).argmax(1) == truth[:, i] for i, head in enumerate(heads)])
-            cells = [f"{float(row.float().mean()):.3f}" for row in right] + [f"{float(right.all(0).float().mean()):.3f}"]
+            rates = [*right.float().mean(dim=1).tolist(), float(right.all(0).float().mean())]
+            cells = [f"{rate:.3f}" for rate in rates]
             print(f"| {name} ({len(records)}) | {' | '.join(cells)} |")
 
 
