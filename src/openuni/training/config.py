@@ -240,7 +240,7 @@ PRESETS.update({f"{stage}-edit-{name.removeprefix('openuni-')}": _edit_preset(na
 # The synthetic-shapes benchmark (benchmarks/shapes.py, docs/benchmarks.md): the small model `openuni shapes model
 # shapes/model` writes, trained whole (queries, connector, projector and SANA) from scratch on the cached latents of
 # `openuni shapes make shapes/data` at 64 px. The variant only names the connector's starting geometry, which
-# `connector` replaces. Sized to train in about 20 minutes on a 2-core CPU.
+# `connector` replaces. Sized to train in about 20 minutes on a 2-core CPU (both cores).
 PRESETS["shapes-tiny"] = dict(
     variant="openuni-b-512", mllm="shapes/model/mllm", transformer="shapes/model/transformer",
     vae="shapes/model/vae", scheduler="shapes/model/scheduler", init_checkpoint="none",
