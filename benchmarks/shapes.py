@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -56,8 +55,6 @@ def model_overrides(model: Path, data: Path, work: Path, settings: dict) -> list
 
 def export_untrained(overrides: list[str], directory: Path) -> None:
     """The preset's model before any training step, exported as training would export it."""
-    import torch
-
     from openuni.training.config import build_config
     from openuni.training.trainer import Trainer
 

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from openuni.connector import OpenUniConnector
-from openuni.data.shapes import PALETTE, RELATIONS, SHAPES, held_out_prompts, training_samples
+from openuni.data.shapes import NUMBERS, PALETTE, RELATIONS, SHAPES, held_out_prompts, training_samples
 from openuni.prompting import generation_prompt
-from openuni.shapes_model import build_shapes_mllm, build_shapes_tokenizer
+from openuni.shapes_model import SHAPES_TRANSFORMER, build_shapes_mllm, build_shapes_tokenizer
 from openuni.training.config import PRESETS
 
 ATTRIBUTES = ("colour 1", "shape 1", "colour 2", "shape 2", "relation", "count")
+CAPTION_CHANNELS = SHAPES_TRANSFORMER["caption_channels"]  # the connector's output width
 
 
 def attributes(record: dict) -> list[int]:
@@ -52,9 +53,9 @@ def main() -> None:
     language_model.requires_grad_(False)
     torch.manual_seed(0)
     geometry = PRESETS["shapes-tiny"]["connector"]
-    connector = OpenUniConnector(**geometry, caption_channels=128)
-    sizes = (len(PALETTE), len(SHAPES), len(PALETTE) + 1, len(SHAPES) + 1, len(RELATIONS) + 1, 3)
-    heads = nn.ModuleList(nn.Linear(128 * geometry["num_queries"], size) for size in sizes)
+    connector = OpenUniConnector(**geometry, caption_channels=CAPTION_CHANNELS)
+    sizes = (len(PALETTE), len(SHAPES), len(PALETTE) + 1, len(SHAPES) + 1, len(RELATIONS) + 1, len(NUMBERS))
+    heads = nn.ModuleList(nn.Linear(CAPTION_CHANNELS * geometry["num_queries"], size) for size in sizes)
 
     def features(records: list[dict]) -> torch.Tensor:
         tokens = tokenizer([generation_prompt(r["prompt"]) for r in records], add_special_tokens=False,

@@ -198,8 +198,9 @@ def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: i
         folder = heldout_dir / "ground_truth" / f"{number:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
         (folder / "metadata.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+        image = draw(render_scene(record))  # a scene is fixed by its prompt: one drawing, saved as each sample
         for k in range(heldout_images):
-            draw(render_scene(record)).save(folder / "samples" / f"{k:04d}.png")
+            image.save(folder / "samples" / f"{k:04d}.png")
     summary = {"train": len(entries), "heldout_prompts": len(records), "seed": seed,
                "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS]}
     (output / "shapes.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
