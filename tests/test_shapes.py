@@ -11,7 +11,8 @@ import PIL.Image
 import pytest
 
 from openuni.cli import main
-from openuni.data.shapes import CELLS, HELD_OUT_PAIRS, TASKS, Shape, draw, held_out_prompts, training_samples
+from openuni.data.shapes import (CELLS, HELD_OUT_PAIRS, TASKS, Shape, draw, held_out_prompts, seen_prompts,
+                                 training_samples)
 from openuni.data.sources import JsonImageFolder
 from openuni.evaluation.shapes import find_objects, holds, read_folder, score_images
 
@@ -41,6 +42,49 @@ def test_every_held_out_prompt_names_an_unseen_pair_and_all_tasks_are_there():
     assert all(named_pairs(r["prompt"]) & set(HELD_OUT_PAIRS) for r in records)
     assert {r["tag"] for r in records} == set(TASKS)
     assert len({(r["tag"], r["prompt"]) for r in records}) == len(records)  # distinct within each task
+
+
+def test_seen_prompts_name_only_training_pairs_in_every_task():
+    records = seen_prompts(8, seed=0)
+    assert not any(named_pairs(r["prompt"]) & set(HELD_OUT_PAIRS) for r in records)
+    assert {r["tag"] for r in records} == set(TASKS)
+    held_out = {r["prompt"] for r in held_out_prompts(8, seed=0)}
+    assert not held_out & {r["prompt"] for r in records}
+
+
+def test_palette_colours_are_equally_dark_and_apart_beyond_the_scorers_tolerance():
+    import itertools
+    import math
+
+    from openuni.data.shapes import PALETTE
+    from openuni.evaluation.shapes import MAX_COLOR_DISTANCE, MIN_SATURATION
+
+    assert len({sum(rgb) for rgb in PALETTE.values()}) == 1  # one silhouette level on the latents' grey axis
+    assert min(math.dist(a, b) for a, b in itertools.combinations(PALETTE.values(), 2)) > 2 * MAX_COLOR_DISTANCE
+    assert min(max(rgb) - min(rgb) for rgb in PALETTE.values()) >= MIN_SATURATION
+
+
+def test_shapes_autoencoder_gives_back_the_pixels_from_unit_variance_latents():
+    import torch
+
+    from openuni.shapes_model import shapes_autoencoder, shapes_pixels
+
+    pixels = shapes_pixels(16, seed=5)  # not the images its statistics came from
+    grey_to_chroma = []
+    for emphasis in (1.0, 3.0):
+        vae = shapes_autoencoder(200, seed=0, emphasis=emphasis)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent * vae.config.scaling_factor
+            decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        assert latents.shape == (16, 256, 8, 8)
+        assert 0.8 < float(latents.std()) < 1.2
+        assert float(latents[:, 192:].abs().max()) == 0.0  # the empty fourth channel of each pixel
+        assert float((decoded - pixels).abs().max()) * 127.5 < 0.01  # far below one level of 8-bit colour
+        colours = latents[:, :192].reshape(16, 3, 64, 8, 8)  # channel = colour * 64 + subpixel
+        grey = colours.mean(1, keepdim=True)
+        grey_to_chroma.append(float(grey.square().mean() / (colours - grey).square().mean()))
+    # the loss weighs the silhouette (grey axis) against the hue (chroma) by the emphasis squared
+    assert grey_to_chroma[1] / grey_to_chroma[0] == pytest.approx(9.0, rel=1e-3)
 
 
 def test_data_set_is_deterministic_and_read_by_the_training_reader(shapes_dir, tmp_path):
@@ -131,5 +175,6 @@ def test_shapes_tiny_preset_trains_everything_at_64_px(capsys):
     assert main(["train", "shapes-tiny", "data.0.path=elsewhere/latents", "--print-config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["resolution"] == 64 and config["train_transformer"] is True and config["init_checkpoint"] == "none"
+    assert config["train_shift"] > 1  # training leans to high noise, where the prompt decides (docs/benchmarks.md)
     assert config["connector"]["num_queries"] == 16 and config["data"][0] == {**config["data"][0], "kind": "latents",
                                                                                "path": "elsewhere/latents"}

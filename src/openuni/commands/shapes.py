@@ -1,5 +1,5 @@
 """`openuni shapes make DIR`: the synthetic-shapes data set (training split in the reference's JSON layout, held-out
-prompts of unseen colour-shape pairs, their rendered ground truth) and `openuni shapes model DIR`: the small frozen
+prompts of unseen colour-shape pairs, their rendered ground truth, prompts of training pairs) and `openuni shapes model DIR`: the small frozen
 MLLM, SANA and autoencoder the `shapes-tiny` preset trains from."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("shapes", help="the synthetic-shapes task: data set and its small model")
     actions = parser.add_subparsers(dest="shapes_action", required=True, metavar="ACTION")
-    make = actions.add_parser("make", help="write the data set (train/, heldout/)")
+    make = actions.add_parser("make", help="write the data set (train/, heldout/, seen/)")
     make.add_argument("directory", help="where to write it")
     make.add_argument("--train-size", type=int, default=6000, help="training images (default: 6000)")
     make.add_argument("--heldout-per-task", type=int, default=20, help="held-out prompts per task, at most "
@@ -30,7 +30,8 @@ def run_make(args: argparse.Namespace) -> int:
     summary = make_dataset(args.directory, args.train_size, args.heldout_per_task, args.seed)
     print(f"wrote {summary['train']} training images to {args.directory}/train/annotations.json and "
           f"{summary['heldout_prompts']} held-out prompts (unseen pairs: {', '.join(summary['held_out_pairs'])}) "
-          f"to {args.directory}/heldout/evaluation_metadata.jsonl")
+          f"to {args.directory}/heldout/evaluation_metadata.jsonl ({summary['seen_prompts']} of training pairs in "
+          f"{args.directory}/seen/)")
     return 0
 
 

@@ -25,12 +25,16 @@ from ..files import check_writable
 
 SIZE = 64
 BACKGROUND = (255, 255, 255)
-PALETTE = {  # saturated, far apart in RGB: a colour is read back by its nearest palette entry
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 70, 220),
-    "yellow": (235, 195, 20),
-    "purple": (150, 40, 190),
+# Saturated and far apart in RGB (at least 148): a colour is read back by its nearest palette entry. All five are
+# equally dark (R + G + B = 390), so an object's silhouette is the same whatever its colour along the grey axis of
+# the shapes autoencoder's latents (`shapes_model.colour_transform`): that axis carries the shape alone, the two
+# chroma axes the colour.
+PALETTE = {
+    "red": (245, 70, 75),
+    "green": (60, 220, 110),
+    "blue": (30, 110, 250),
+    "yellow": (200, 190, 0),
+    "purple": (160, 10, 220),
 }
 SHAPES = ("circle", "square", "triangle")
 HELD_OUT_PAIRS = (("red", "triangle"), ("green", "circle"), ("blue", "square"))
@@ -154,14 +158,24 @@ def training_samples(count: int, seed: int) -> list[tuple[dict, list[Shape]]]:
 
 def held_out_prompts(per_task: int, seed: int) -> list[dict]:
     """`per_task` distinct held-out prompts of each task (fewer where the task has fewer)."""
-    rng = random.Random(f"shapes-heldout-{seed}")
+    return task_prompts(per_task, f"shapes-heldout-{seed}", held_out=True)
+
+
+def seen_prompts(per_task: int, seed: int) -> list[dict]:
+    """`per_task` distinct prompts of each task naming only training pairs: what a model scores on these and not on
+    the held-out ones is composition, not drawing."""
+    return task_prompts(per_task, f"shapes-seen-{seed}", held_out=False)
+
+
+def task_prompts(per_task: int, seed: str, held_out: bool) -> list[dict]:
+    rng = random.Random(seed)
     records = []
     for tag in TASKS:
         seen: set[str] = set()
         for _ in range(per_task * 50):
             if len(seen) == per_task:
                 break
-            record = random_record(rng, tag, held_out=True)
+            record = random_record(rng, tag, held_out=held_out)
             if record["prompt"] not in seen:
                 seen.add(record["prompt"])
                 records.append(record)
@@ -171,7 +185,7 @@ def held_out_prompts(per_task: int, seed: int) -> list[dict]:
 def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: int = 20, seed: int = 0,
                  heldout_images: int = 4) -> dict:
     """Write the training split (`train/annotations.json`, images, captions), the held-out prompts
-    (`heldout/evaluation_metadata.jsonl`) and, for checking the scorer, `heldout_images` rendered scenes per held-out
+    (`heldout/evaluation_metadata.jsonl`), as many prompts of training pairs (`seen/evaluation_metadata.jsonl`) and, for checking the scorer, `heldout_images` rendered scenes per held-out
     prompt in the GenEval layout (`heldout/ground_truth/<00000>/samples/<0000>.png`)."""
     output = Path(output)
     if train_size < 1 or heldout_per_task < 1:
@@ -189,11 +203,12 @@ def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: i
         entries.append({"image": f"images/{name}.png", "annotation": f"images/{name}.txt"})
     (train_dir / "annotations.json").write_text(json.dumps(entries), encoding="utf-8")
 
+    records, seen = held_out_prompts(heldout_per_task, seed), seen_prompts(heldout_per_task, seed)
+    for split, chosen in (("heldout", records), ("seen", seen)):
+        (output / split).mkdir(parents=True, exist_ok=True)
+        (output / split / "evaluation_metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen),
+                                                                  encoding="utf-8")
     heldout_dir = output / "heldout"
-    heldout_dir.mkdir(parents=True, exist_ok=True)
-    records = held_out_prompts(heldout_per_task, seed)
-    (heldout_dir / "evaluation_metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records),
-                                                           encoding="utf-8")
     for number, record in enumerate(records):
         folder = heldout_dir / "ground_truth" / f"{number:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
@@ -201,7 +216,7 @@ def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: i
         image = draw(render_scene(record))  # a scene is fixed by its prompt: one drawing, saved as each sample
         for k in range(heldout_images):
             image.save(folder / "samples" / f"{k:04d}.png")
-    summary = {"train": len(entries), "heldout_prompts": len(records), "seed": seed,
+    summary = {"train": len(entries), "heldout_prompts": len(records), "seen_prompts": len(seen), "seed": seed,
                "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS]}
     (output / "shapes.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -124,7 +124,8 @@ def score_wise(folder: Path, options: ScorerOptions, prompts, device: str) -> Sc
 
 
 def load_shapes(path: Path | None):
-    """The held-out prompts of a shapes data set (`openuni shapes make DIR`: DIR/heldout/evaluation_metadata.jsonl)."""
+    """The held-out prompts of a shapes data set (`openuni shapes make DIR`: DIR/heldout/evaluation_metadata.jsonl),
+    or its prompts of training pairs (DIR/seen)."""
     if path is None:
         raise OpenUniError("shapes: give --prompts DIR/heldout (written by `openuni shapes make DIR`)")
     return load_geneval(path)
@@ -160,7 +161,7 @@ BENCHMARKS = {
     ),
     "shapes": Benchmark(
         name="shapes", title="Synthetic shapes", load_prompts=load_shapes,
-        prompts_help="the held-out prompts, DIR/heldout of `openuni shapes make DIR` (required)",
+        prompts_help="the held-out prompts, DIR/heldout of `openuni shapes make DIR`, or DIR/seen (required)",
         images_per_prompt=4, grid=False, per_prompt_folder=True, results_file="shapes_results.jsonl", proxy=False,
         score=score_shapes, scorer_settings=(),
     ),

@@ -27,7 +27,7 @@ import PIL.Image
 from ..data.shapes import PALETTE, TASKS
 from ..errors import OpenUniError
 
-MAX_COLOR_DISTANCE = 70.0  # RGB distance to the nearest palette colour (the palette's closest pair is ~150 apart)
+MAX_COLOR_DISTANCE = 70.0  # RGB distance to the nearest palette colour (the palette's closest pair is 148 apart)
 MIN_SATURATION = 80  # max - min channel: white, grey and black are background
 MIN_AREA = 60  # pixels; the smallest object drawn (a triangle of side 17) covers ~150
 MIN_FIT = 0.75  # IoU of the region with its best shape
