@@ -9,15 +9,15 @@ Every step is the command a user runs (`python -m openuni.cli ...`):
 3. `openuni extract-latents json ...`: the cached latents;
 4. `openuni train shapes-tiny ...`: queries + connector + projector + SANA from scratch;
 5. `openuni eval shapes --model RUN/final/pipeline --prompts DATA/heldout --score`: the held-out prompts, 4 images
-   each, in GenEval's layout (resumable), scored by rules (`openuni.evaluation.shapes`); the same on `DATA/seen`,
-   prompts naming only training pairs, to tell composing from drawing.
+   each, in GenEval's layout (resumable), scored by rules (`openuni.evaluation.shapes`); the same on the first
+   prompts of `DATA/seen` (`--limit`), prompts naming only training pairs, to tell composing from drawing.
 
 The same generation and scoring run on the untrained model (the preset's components exported before any step) as
 the baseline, and the scorer is checked on the rendered ground truth (must be ~1) and on shuffled captions (chance).
 The report (`REPORT.md`) has the per-task table and a sample grid (`grid.png`: each held-out prompt beside its
 images).
 
-    python benchmarks/shapes.py                 # full run, ~25 min on a 2-core CPU (all its cores)
+    python benchmarks/shapes.py                 # full run, ~30 min on a 2-core CPU (all its cores)
     python benchmarks/shapes.py --smoke         # ~2 min: tiny data, 20 steps (what the CI test runs)
 """
 
@@ -185,8 +185,8 @@ def main() -> None:
         table({"ground truth": checks["ground_truth"], "shuffled captions": checks["shuffled"],
                "untrained": scores["untrained"], "trained": scores["trained"],
                "trained, seen pairs": scores["trained_seen"]}), "",
-        "The first four columns are the held-out prompts; the last is the trained model on as many prompts naming "
-        "only training pairs (drawing without composing).", "",
+        "The first four columns are the held-out prompts; the last is the trained model on the first "
+        f"{SEEN_LIMIT[-1]} prompts per task naming only training pairs (drawing without composing).", "",
         "Prompt colour rate (diagnostic, not a task: the image's most frequent palette colour is one the prompt "
         "names): " + ", ".join(f"{name} {result[name]['prompt_colour_rate']:.3f}"
                                 for name in ("ground_truth", "untrained", "trained", "trained_seen")), "",

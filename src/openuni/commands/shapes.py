@@ -1,6 +1,6 @@
 """`openuni shapes make DIR`: the synthetic-shapes data set (training split in the reference's JSON layout, held-out
-prompts of unseen colour-shape pairs, their rendered ground truth, prompts of training pairs) and `openuni shapes model DIR`: the small frozen
-MLLM, SANA and autoencoder the `shapes-tiny` preset trains from."""
+prompts of unseen colour-shape pairs, their rendered ground truth, prompts of training pairs) and `openuni shapes
+model DIR`: the small frozen MLLM, SANA and autoencoder the `shapes-tiny` preset trains from."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def add_parser(subparsers) -> None:
     make = actions.add_parser("make", help="write the data set (train/, heldout/, seen/)")
     make.add_argument("directory", help="where to write it")
     make.add_argument("--train-size", type=int, default=6000, help="training images (default: 6000)")
-    make.add_argument("--heldout-per-task", type=int, default=20, help="held-out prompts per task, at most "
-                                                                       "(default: 20)")
+    make.add_argument("--heldout-per-task", type=int, default=20, help="held-out prompts per task, at most, and as "
+                                                                       "many of training pairs (default: 20)")
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(func=run_make)
     model = actions.add_parser("model", help="write the small model the shapes-tiny preset trains (mllm/, "

@@ -158,17 +158,16 @@ def training_samples(count: int, seed: int) -> list[tuple[dict, list[Shape]]]:
 
 def held_out_prompts(per_task: int, seed: int) -> list[dict]:
     """`per_task` distinct held-out prompts of each task (fewer where the task has fewer)."""
-    return task_prompts(per_task, f"shapes-heldout-{seed}", held_out=True)
+    return _task_prompts(per_task, random.Random(f"shapes-heldout-{seed}"), held_out=True)
 
 
 def seen_prompts(per_task: int, seed: int) -> list[dict]:
     """`per_task` distinct prompts of each task naming only training pairs: what a model scores on these and not on
     the held-out ones is composition, not drawing."""
-    return task_prompts(per_task, f"shapes-seen-{seed}", held_out=False)
+    return _task_prompts(per_task, random.Random(f"shapes-seen-{seed}"), held_out=False)
 
 
-def task_prompts(per_task: int, seed: str, held_out: bool) -> list[dict]:
-    rng = random.Random(seed)
+def _task_prompts(per_task: int, rng: random.Random, held_out: bool) -> list[dict]:
     records = []
     for tag in TASKS:
         seen: set[str] = set()
@@ -185,8 +184,9 @@ def task_prompts(per_task: int, seed: str, held_out: bool) -> list[dict]:
 def make_dataset(output: str | Path, train_size: int = 6000, heldout_per_task: int = 20, seed: int = 0,
                  heldout_images: int = 4) -> dict:
     """Write the training split (`train/annotations.json`, images, captions), the held-out prompts
-    (`heldout/evaluation_metadata.jsonl`), as many prompts of training pairs (`seen/evaluation_metadata.jsonl`) and, for checking the scorer, `heldout_images` rendered scenes per held-out
-    prompt in the GenEval layout (`heldout/ground_truth/<00000>/samples/<0000>.png`)."""
+    (`heldout/evaluation_metadata.jsonl`), as many prompts of training pairs (`seen/evaluation_metadata.jsonl`) and,
+    for checking the scorer, `heldout_images` rendered scenes per held-out prompt in the GenEval layout
+    (`heldout/ground_truth/<00000>/samples/<0000>.png`)."""
     output = Path(output)
     if train_size < 1 or heldout_per_task < 1:
         raise OpenUniError("shapes: the training size and the held-out prompts per task must be at least 1")
