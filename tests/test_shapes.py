@@ -37,6 +37,14 @@ def test_training_split_never_names_or_draws_a_held_out_pair():
     assert {"red", "triangle", "green", "circle", "blue", "square"} <= words  # each part seen on its own
 
 
+def test_training_split_follows_the_mix_with_position_three_times_in_eight():
+    from collections import Counter
+
+    tags = Counter(record["tag"] for record, _ in training_samples(800, seed=3))
+    assert set(tags) == set(TASKS)
+    assert tags["position"] == 300 and all(tags[tag] == 100 for tag in TASKS if tag != "position")
+
+
 def test_every_held_out_prompt_names_an_unseen_pair_and_all_tasks_are_there():
     records = held_out_prompts(8, seed=0)
     assert all(named_pairs(r["prompt"]) & set(HELD_OUT_PAIRS) for r in records)
