@@ -50,12 +50,17 @@ def test_a_session_at_the_terminal(terminal, tmp_path):
     assert "^[[" not in terminal.before and "unknown command" not in terminal.before
 
     # Ctrl-C in the middle of an answer stops it; the session goes on.
-    terminal.send("What is in this picture? Describe the colors and the objects.\r")
-    terminal.expect_exact("objects.\r\n")
-    terminal.expect(r"\S")  # the answer has begun
-    terminal.sendintr()
-    terminal.expect_exact("answer stopped")
-    terminal.expect_exact(PROMPT)
+    # The tiny model can stream its whole answer before the Ctrl-C lands (the prompt then takes it): ask again.
+    for _ in range(3):
+        terminal.send("What is in this picture? Describe the colors and the objects.\r")
+        terminal.expect_exact("objects.\r\n")
+        terminal.expect(r"\S")  # the answer has begun
+        terminal.sendintr()
+        stopped = terminal.expect_exact(["answer stopped", "Ctrl-D or /exit quits"]) == 0
+        terminal.expect_exact(PROMPT)
+        if stopped:
+            break
+    assert stopped, "Ctrl-C never stopped an answer in three tries"
     assert "finished outputs" not in terminal.before
     # Ctrl-C at the prompt says how to quit; Ctrl-D quits on a fresh line.
     terminal.sendintr()
