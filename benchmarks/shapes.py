@@ -143,7 +143,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps (~2 minutes)")
     parser.add_argument("--max-steps", type=int, help=f"training steps (default: {FULL['max_steps']}; smoke: {SMOKE['max_steps']})")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
+    parser.add_argument("--train-seed", type=int, default=0, help="training seed (the preset's `seed`; default 0)")
     args = parser.parse_args()
+    if args.train_seed < 0:
+        parser.error(f"--train-seed must be 0 or more, got {args.train_seed}")
     settings = dict(SMOKE if args.smoke else FULL)
     if args.max_steps:
         settings["max_steps"] = args.max_steps
@@ -158,7 +161,7 @@ def main() -> None:
     times["cache latents"] = cli("extract-latents", "json", str(data / "train" / "annotations.json"), "--output",
                                  str(work / "latents"), "--vae", str(model / "vae"), "--resolution", "64",
                                  "--device", "cpu", log=log)
-    overrides = model_overrides(model, data, work, settings)
+    overrides = [*model_overrides(model, data, work, settings), f"seed={args.train_seed}"]
     started = time.perf_counter()
     export_untrained(overrides, work / "untrained")
     times["export untrained"] = time.perf_counter() - started

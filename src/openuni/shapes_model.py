@@ -125,9 +125,9 @@ def pixel_autoencoder(mean: torch.Tensor, std: float, emphasis: float = 1.0) -> 
     shuffles invert that exactly; only its final RMSNorm + ReLU need care: the 32 px stage writes SPARE_LEVEL into
     the empty channel, so the norm divides every pixel by the same amount (to within ~1e-6 of it), which the norm's
     weight undoes, and its bias lifts the values above 0 for the ReLU; conv_out inverts the colour map and takes the
-    lift and the mean off again. Round trip error: ~1e-4 of one 8-bit level. The shapes are simple enough to be drawn in pixels; a
-    trained autoencoder took longer than the whole training budget here to reconstruct them well enough for the
-    scorer.
+    lift and the mean off again. Round trip error: ~1e-4 of one 8-bit level. The shapes are simple enough to be
+    drawn in pixels; a trained autoencoder took longer than the whole training budget here to reconstruct them well
+    enough for the scorer.
     """
     vae = AutoencoderDC(**SHAPES_VAE)
     forward = colour_transform(emphasis)

@@ -242,9 +242,8 @@ PRESETS.update({f"{stage}-edit-{name.removeprefix('openuni-')}": _edit_preset(na
 # `openuni shapes make shapes/data` at 64 px. The variant only names the connector's starting geometry, which
 # `connector` replaces. Sized to train in about 20-25 minutes on a 2-core CPU (both cores). Training sigmas shifted
 # by 3 (SANA's sampling shift): the prompt decides the image at high noise (held-out 0.742 against 0.155 with the
-# reference's uniform sigmas and the old palette; a shift of 6 gave 0.700). The data's mix gives position 3/8 of the
-# images (`data.shapes.TRAINING_MIX`): 0.793 and 0.753 over two training seeds, against 0.742 and 0.816 with the
-# tasks in turn; position gains 0.14 on both seeds, two_object loses 0.1 (docs/benchmarks.md).
+# reference's uniform sigmas and the old palette; a shift of 6 gave 0.700). The data gives position 3/8 of the images
+# (`data.shapes.TRAINING_MIX`); its figures over two training seeds are in docs/benchmarks.md.
 PRESETS["shapes-tiny"] = dict(
     variant="openuni-b-512", mllm="shapes/model/mllm", transformer="shapes/model/transformer",
     vae="shapes/model/vae", scheduler="shapes/model/scheduler", init_checkpoint="none",
