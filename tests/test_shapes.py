@@ -11,8 +11,8 @@ import PIL.Image
 import pytest
 
 from openuni.cli import main
-from openuni.data.shapes import (CELLS, HELD_OUT_PAIRS, TASKS, Shape, draw, held_out_prompts, seen_prompts,
-                                 training_samples)
+from openuni.data.shapes import (CELLS, HELD_OUT_PAIRS, ORDER, RELATION_CELLS, TASKS, Shape, draw, held_out_prompts,
+                                 seen_prompts, training_samples)
 from openuni.data.sources import JsonImageFolder
 from openuni.evaluation.shapes import find_objects, holds, read_folder, score_images
 
@@ -186,3 +186,17 @@ def test_shapes_tiny_preset_trains_everything_at_64_px(capsys):
     assert config["train_shift"] > 1  # training leans to high noise, where the prompt decides (docs/benchmarks.md)
     assert config["connector"]["num_queries"] == 16 and config["data"][0] == {**config["data"][0], "kind": "latents",
                                                                                "path": "elsewhere/latents"}
+
+
+def test_training_two_object_scenes_also_name_one_shape_in_two_colours_so_word_order_decides_the_colours():
+    two = [(record, scene) for record, scene in training_samples(800, seed=3) if len(record["include"]) == 2]
+    same = [(record, scene) for record, scene in two if record["include"][0]["class"] == record["include"][1]["class"]]
+    # each shape has 4 training colours: 3 of the 11 other training pairs share the first pair's shape
+    assert 0.2 < len(same) / len(two) < 0.35
+    for record, scene in same:
+        first, second = record["include"]
+        assert first["color"] != second["color"]
+        a, b = RELATION_CELLS[first["position"][0]] if "position" in first else ORDER[:2]
+        assert [(s.color, (s.x, s.y)) for s in scene] == [(first["color"], CELLS[a]), (second["color"], CELLS[b])]
+    for record in held_out_prompts(20, seed=0) + seen_prompts(20, seed=0):  # scored prompts: two shapes, as GenEval's
+        assert len({clause["class"] for clause in record["include"]}) == len(record["include"])
