@@ -99,14 +99,18 @@ def test_openuni_train_under_each_engine_matches_one_process_and_resumes_onto_it
     assert resumed_losses == losses  # the same engine, processes and machine: the same bytes
 
 
-def test_sampling_under_fsdp_is_refused_at_start_up_with_one_line(tiny, tmp_path):
-    config = config_file(tiny, tmp_path, "fsdp-sampling", batch_size=2, sample_every=1, sample_steps=1)
+@pytest.mark.parametrize("setting, message", [
+    (dict(sample_every=1, sample_steps=1), "sample_every needs the whole model"),
+    (dict(ema_decay=0.9), "ema_decay needs the whole trained weights"),
+], ids=["sampling", "weight-average"])
+def test_what_needs_whole_weights_is_refused_under_fsdp_at_start_up_with_one_line(tiny, tmp_path, setting, message):
+    config = config_file(tiny, tmp_path, "fsdp-refused", batch_size=2, **setting)
     result = cli_train("fsdp", config)
     assert result.returncode != 0
     errors = {line for line in result.output.splitlines() if line.startswith("openuni train: error:")}
     assert len(errors) == 1, result.output[-3000:]
-    assert "sample_every needs the whole model" in errors.pop()
-    assert not (tmp_path / "fsdp-sampling" / "checkpoints").exists()
+    assert message in errors.pop()
+    assert not (tmp_path / "fsdp-refused" / "checkpoints").exists()
 
 
 def test_fsdp_pretraining_shards_the_connector_alone_and_checkpoints_only_it(tiny, tmp_path):

@@ -336,3 +336,62 @@ def test_resuming_webdataset_with_other_readers_says_what_changes(tiny, tmp_path
         Trainer(tiny_train_config(tiny, tmp_path / "unused.json", tmp_path / "run", **values)).run()
     [warning] = [r.getMessage() for r in caplog.records if "WebDataset readers" in r.getMessage()]
     assert "with 2 WebDataset readers (processes x data workers) where the checkpoint had 1" in warning
+
+
+def test_the_weight_average_is_what_is_exported_and_a_resume_continues_it(tiny, data, tmp_path):
+    """`ema_decay`: the export holds the average of the weights after each step (update 1 copies them, update
+    u > 1 keeps min(ema_decay, u / (9 + u)) of the average), read here off the live weights each checkpoint holds;
+    a run resumed from its step-2 checkpoint exports the same average."""
+    from safetensors.torch import load_file
+
+    from openuni.pipeline import OpenUniPipeline
+    from openuni.training import checkpointing
+    from openuni.training.trainer import Trainer
+
+    settings = dict(max_steps=4, checkpoint_every=1, keep_checkpoints=4, ema_decay=0.5, lr=1e-2, warmup_ratio=0)
+    whole = tmp_path / "whole"
+    Trainer(tiny_train_config(tiny, data, whole, **settings)).run()
+    steps = [load_file(str(path / "model.safetensors")) for path in checkpointing.complete_checkpoints(whole)]
+    connector = [name for name in steps[0] if name.startswith("connector.")]
+    average = {name: steps[0][name].clone() for name in connector}
+    for update, weights in enumerate(steps[1:], start=2):
+        keep = min(0.5, update / (9 + update))
+        average = {name: keep * average[name] + (1 - keep) * weights[name] for name in connector}
+    exported = OpenUniPipeline.from_pretrained(whole / "final" / "pipeline").connector.state_dict()
+    moved = 0
+    for name in connector:
+        short = name.removeprefix("connector.")
+        torch.testing.assert_close(exported[short], average[name], rtol=1e-6, atol=1e-7, msg=name)
+        moved += not torch.allclose(exported[short], steps[-1][name])
+    assert moved, "the export holds the last weights, not their average"
+    assert (checkpointing.complete_checkpoints(whole)[-1] / "ema.safetensors").is_file()
+
+    reset_accelerate()
+    resumed = tmp_path / "resumed"
+    source = checkpointing.complete_checkpoints(whole)[1]
+    shutil.copytree(source, checkpointing.checkpoint_root(resumed) / source.name)
+    Trainer(tiny_train_config(tiny, data, resumed, **settings)).run()
+    again = OpenUniPipeline.from_pretrained(resumed / "final" / "pipeline").connector.state_dict()
+    for name, tensor in exported.items():  # the same process count and batches: float noise at most
+        torch.testing.assert_close(again[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_resuming_without_an_average_starts_one_and_an_average_of_other_weights_is_refused(tiny, data, tmp_path,
+                                                                                          caplog):
+    from safetensors.torch import load_file, save_file
+
+    from openuni.errors import OpenUniError
+    from openuni.training import checkpointing
+    from openuni.training.trainer import Trainer
+
+    Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=1)).run()  # no average
+    reset_accelerate()
+    with caplog.at_level("WARNING"):
+        Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=2, ema_decay=0.9)).run()
+    assert "holds no weight average" in caplog.text
+    reset_accelerate()
+    latest = checkpointing.complete_checkpoints(tmp_path)[-1]
+    saved = load_file(str(latest / "ema.safetensors"))
+    save_file({f"{name}.other": tensor for name, tensor in saved.items()}, str(latest / "ema.safetensors"))
+    with pytest.raises(OpenUniError, match="averages other weights than this run trains"):
+        Trainer(tiny_train_config(tiny, data, tmp_path, max_steps=3, ema_decay=0.9)).run()

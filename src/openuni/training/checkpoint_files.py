@@ -18,8 +18,9 @@ from pathlib import Path
 
 from ..errors import OpenUniError
 from .checkpointing import STATE_FILE
+from .ema import FILE as EMA_FILE
 from .engines import DDP, DEEPSPEED, FSDP
-COMMON = [re.compile(r"random_states_\d+\.pkl"), re.compile(re.escape(STATE_FILE))]
+COMMON = [re.compile(r"random_states_\d+\.pkl"), re.compile(re.escape(STATE_FILE)), re.compile(re.escape(EMA_FILE))]
 LAYOUTS = {
     DDP: [re.compile(r"model\.safetensors"), re.compile(r"optimizer\.bin")],
     FSDP: [re.compile(r"(pytorch_model_fsdp_0|optimizer_0)/(\.metadata|__\d+_\d+\.distcp)")],

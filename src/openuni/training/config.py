@@ -67,6 +67,7 @@ class TrainConfig:
     warmup_ratio: float = 0.01
     warmup_start_factor: float = 1e-5
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # > 0: an EMA of the trained weights, exported as the run's result (training/ema.py)
     train_shift: float = 1.0  # sigma shift of the training schedule; the reference's is unshifted (parity quirk 7)
     mixed_precision: str = "bf16"  # bf16 | fp16 | no
     seed: int = 42
@@ -154,6 +155,7 @@ class TrainConfig:
         check_range("warmup_ratio", self.warmup_ratio, 0, 1)
         check_range("weight_decay", self.weight_decay, 0, math.inf)
         check_range("grad_clip", self.grad_clip, 0, math.inf)
+        check_range("ema_decay", self.ema_decay, 0, 1, open_high=True)
         check_range("caption_dropout", self.caption_dropout, 0, 1, open_high=True)
         for i, beta in enumerate(self.betas):
             check_range(f"betas[{i}]", beta, 0, 1, open_high=True)

@@ -26,6 +26,7 @@ from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
 from .config import TrainConfig, require_training_packages
 from .checkpoint_files import check_checkpoint_files, safe_deepspeed_loading
+from .ema import FILE as EMA_FILE, WeightAverage
 from .engines import (DDP, DEEPSPEED, FSDP, check_resumable, engine_accelerator, fit_fsdp_wrap_policy,
                       running_engine)
 from .model import configure_trainable, merge_lora, training_scheduler
@@ -70,6 +71,7 @@ class Trainer:
         )
         self.engine = running_engine(self.accelerator)
         self.refuse_sampling_on_sharded_weights()
+        self.refuse_averaging_on_sharded_weights()
         self.output_dir = Path(config.output_dir)
         self.sources = [open_source(s.kind, s.path, s.task or config.task, **self.source_options(s))
                         for s in config.data]
@@ -106,6 +108,9 @@ class Trainer:
         if self.engine == DEEPSPEED:
             safe_deepspeed_loading(self.wrapped)
         self.accelerator.register_save_state_pre_hook(self.leave_out_frozen_weights)
+        trained = self.accelerator.unwrap_model(self.wrapped)
+        self.ema = WeightAverage([(name, p) for name, p in trained.named_parameters() if p.requires_grad],
+                                 config.ema_decay) if config.ema_decay else None
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
@@ -120,6 +125,13 @@ class Trainer:
                                f"{'FSDP' if self.engine == FSDP else 'DeepSpeed ZeRO-3'} shards: set sample_every=0 "
                                f"(and sample from the exported pipeline), or train with configs/accelerate/ddp.yaml or "
                                f"deepspeed_zero2.yaml")
+
+    def refuse_averaging_on_sharded_weights(self) -> None:
+        """The weight average is kept whole on every process, beside weights each process holds whole (DDP)."""
+        if self.config.ema_decay and self.engine in (FSDP, DEEPSPEED):
+            raise OpenUniError(f"ema_decay needs the whole trained weights on every process, which "
+                               f"{'FSDP shards' if self.engine == FSDP else 'DeepSpeed holds in its own engine'}: "
+                               "set ema_decay=0, or train with configs/accelerate/ddp.yaml")
 
     def fill_deepspeed_config(self) -> None:
         """What accelerate needs from us under DeepSpeed: we prepare no DataLoader for it to read the batch size
@@ -233,6 +245,12 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.skipped_samples = state["step"], state.get("skipped_samples", 0)
         self.losses = state.get("losses", [])
+        if self.ema and (found / EMA_FILE).is_file():
+            self.ema.load(found, state.get("ema_steps", self.step))
+        elif self.ema:
+            self.ema.restart()
+            logger.warning("%s holds no weight average (it was trained without ema_decay): the average starts "
+                           "from the resumed weights", found)
         self.accelerator.print(f"resumed from {found} at step {self.step}")
 
     def frozen_names(self, model=None) -> set[str]:
@@ -295,9 +313,12 @@ class Trainer:
         # Every process writes its part (its RNG state, its ZeRO/FSDP shards): all must be done before the rename.
         acc.wait_for_everyone()
         if acc.is_main_process:
-            checkpointing.write_trainer_state(partial, dict(step=self.step, skipped_samples=self.skipped_samples,
-                                                            losses=self.losses, config=self.saved_config(),
-                                                            lr_scheduler=self.lr_scheduler.state_dict()))
+            state = dict(step=self.step, skipped_samples=self.skipped_samples, losses=self.losses,
+                         config=self.saved_config(), lr_scheduler=self.lr_scheduler.state_dict())
+            if self.ema:
+                self.ema.save(partial)
+                state["ema_steps"] = self.ema.steps
+            checkpointing.write_trainer_state(partial, state)
             checkpointing.publish(self.output_dir, self.step, self.config.keep_checkpoints)
         acc.wait_for_everyone()
 
@@ -316,6 +337,8 @@ class Trainer:
         state = self.accelerator.get_state_dict(self.wrapped)
         if not self.accelerator.is_main_process:
             return
+        if self.ema:  # the average in place of the last weights
+            state = {**state, **self.ema.weights()}
         config, trained = self.config, self.accelerator.unwrap_model(self.wrapped)
         connector = type(trained.connector).from_config(trained.connector.config)
         connector.load_state_dict({k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")})
@@ -349,6 +372,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach().float()
         self.lr_scheduler.step()
+        if self.ema:
+            self.ema.update()
         return acc.reduce(total / self.config.grad_accum, reduction="mean").item()
 
     def run(self) -> list[float]:
