@@ -56,7 +56,7 @@ SHAPES_VAE = dict(
     decoder_act_fns="silu", scaling_factor=1.0,
 )
 SPARE_LEVEL = 1.0e4  # see `pixel_autoencoder`
-GREY_EMPHASIS = 3.0  # see `colour_transform`
+GREY_EMPHASIS = 3.0  # see `colour_transform`; x1, x1.5 and x4.5 scored lower (docs/benchmarks.md)
 
 
 def build_shapes_tokenizer(path: Path) -> Qwen2TokenizerFast:
