@@ -17,8 +17,7 @@ import re
 from pathlib import Path
 
 from ..errors import OpenUniError
-from .checkpointing import STATE_FILE
-from .ema import FILE as EMA_FILE
+from .checkpointing import EMA_FILE, STATE_FILE
 from .engines import DDP, DEEPSPEED, FSDP
 COMMON = [re.compile(r"random_states_\d+\.pkl"), re.compile(re.escape(STATE_FILE)), re.compile(re.escape(EMA_FILE))]
 LAYOUTS = {

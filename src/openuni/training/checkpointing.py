@@ -16,6 +16,7 @@ from ..errors import OpenUniError
 from ..files import partial_path as hidden_partial, publish_directory, write_text_atomically
 
 STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"  # the weight average (`ema_decay`, training/ema.py)
 NAME = re.compile(r"^step-(\d{8})$")
 
 

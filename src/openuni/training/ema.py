@@ -1,8 +1,9 @@
 """An exponential moving average of the trained weights (`ema_decay`), kept beside the run and exported in its place.
 
 The average is diffusers' `EMAModel`, updated after every optimisation step: update 1 copies the weights, update
-u > 1 keeps min(`ema_decay`, u / (9 + u)) of the average (a ramp: early weights do not linger). It is saved in each checkpoint as `ema.safetensors`, its tensors named as the trained parameters, and its step
-count in `trainer_state.json`: no pickle.
+u > 1 keeps min(`ema_decay`, u / (9 + u)) of the average (a ramp: early weights do not linger). It is saved in each
+checkpoint as `ema.safetensors`, its tensors named as the trained parameters, and its update count in
+`trainer_state.json`: no pickle. Only the main process keeps it: it alone saves and exports.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import OpenUniError
-
-FILE = "ema.safetensors"
+from .checkpointing import EMA_FILE
 
 
 class WeightAverage:
@@ -44,17 +44,28 @@ class WeightAverage:
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({name: tensor.contiguous().cpu() for name, tensor in self.weights().items()}, str(directory / FILE))
+        weights = {name: tensor.contiguous().cpu() for name, tensor in self.weights().items()}
+        save_file(weights, str(directory / EMA_FILE))
+
+    def check(self, directory: Path) -> None:
+        """Refuse (one line, before anything is loaded) an average of other weights than this run trains; read off
+        the file's header."""
+        from safetensors import safe_open
+
+        with safe_open(str(directory / EMA_FILE), framework="pt") as file:
+            saved = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
+        expected = {name: tuple(p.shape) for name, p in zip(self.names, self.parameters)}
+        if saved != expected:
+            odd = sorted(set(saved) ^ set(expected)) or ["a tensor of another shape"]
+            raise OpenUniError(f"{directory / EMA_FILE} averages other weights than this run trains (e.g. {odd[0]}): "
+                               "resume it with the settings it was written with (train_transformer, lora_rank, "
+                               "connector)")
 
     def load(self, directory: Path, steps: int) -> None:
-        """The average a checkpoint holds; refused (one line) when it averages other weights than this run trains."""
+        """The average a checkpoint holds (`check`ed before), after `steps` updates."""
         from safetensors.torch import load_file
 
-        saved = load_file(str(directory / FILE))
-        if set(saved) != set(self.names) or any(saved[name].shape != p.shape for name, p in zip(self.names, self.parameters)):
-            odd = sorted(set(saved) ^ set(self.names)) or ["a tensor of another shape"]
-            raise OpenUniError(f"{directory / FILE} averages other weights than this run trains (e.g. {odd[0]}): resume "
-                               "it with the settings it was written with (train_transformer, lora_rank, connector)")
+        saved = load_file(str(directory / EMA_FILE))
         with torch.no_grad():
             for name, shadow in zip(self.names, self.average.shadow_params):
                 shadow.copy_(saved[name])

@@ -24,9 +24,10 @@ from ..loading import Components, load_components
 from ..model import OpenUni
 from ..prompting import MAX_EDIT_SEQUENCE_TOKENS
 from . import checkpointing
+from .checkpointing import EMA_FILE
 from .config import TrainConfig, require_training_packages
 from .checkpoint_files import check_checkpoint_files, safe_deepspeed_loading
-from .ema import FILE as EMA_FILE, WeightAverage
+from .ema import WeightAverage
 from .engines import (DDP, DEEPSPEED, FSDP, check_resumable, engine_accelerator, fit_fsdp_wrap_policy,
                       running_engine)
 from .model import configure_trainable, merge_lora, training_scheduler
@@ -108,9 +109,7 @@ class Trainer:
         if self.engine == DEEPSPEED:
             safe_deepspeed_loading(self.wrapped)
         self.accelerator.register_save_state_pre_hook(self.leave_out_frozen_weights)
-        trained = self.accelerator.unwrap_model(self.wrapped)
-        self.ema = WeightAverage([(name, p) for name, p in trained.named_parameters() if p.requires_grad],
-                                 config.ema_decay) if config.ema_decay else None
+        self.ema = self.weight_average()
         self.step = 0
         self.skipped_samples = 0
         self.losses: list[float] = []
@@ -132,6 +131,14 @@ class Trainer:
             raise OpenUniError(f"ema_decay needs the whole trained weights on every process, which "
                                f"{'FSDP shards' if self.engine == FSDP else 'DeepSpeed holds in its own engine'}: "
                                "set ema_decay=0, or train with configs/accelerate/ddp.yaml")
+
+    def weight_average(self) -> WeightAverage | None:
+        """With `ema_decay`, the average of what trains, on the main process (the one that saves and exports)."""
+        if not (self.config.ema_decay and self.accelerator.is_main_process):
+            return None
+        trained = self.accelerator.unwrap_model(self.wrapped)
+        return WeightAverage([(name, p) for name, p in trained.named_parameters() if p.requires_grad],
+                             self.config.ema_decay)
 
     def fill_deepspeed_config(self) -> None:
         """What accelerate needs from us under DeepSpeed: we prepare no DataLoader for it to read the batch size
@@ -286,6 +293,8 @@ class Trainer:
                 raise OpenUniError(f"{checkpoint / 'model.safetensors'} holds other weights than this run trains "
                                    f"({len(saved)} saved, {len(expected)} trained; e.g. {odd[0]}): resume it with the "
                                    "settings it was written with (train_transformer, lora_rank, connector)")
+        if self.ema and (checkpoint / EMA_FILE).is_file():
+            self.ema.check(checkpoint)
         if "lr_scheduler" not in checkpointing.read_trainer_state(checkpoint):
             raise OpenUniError(f"{checkpoint / checkpointing.STATE_FILE} has no lr_scheduler state: it was not written "
                                "by this version of openuni")
