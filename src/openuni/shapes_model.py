@@ -6,7 +6,12 @@
   drawn wide (`LLM_INIT_STD`), so that its attention is sharp and the hidden states at the query positions carry the
   prompt's words and their order. With the usual 0.02 they differ between prompts by ~1% (and by 0.02% between "a
   yellow square left of a purple circle" and its swap: a bag of words); a model trained on that ignored the prompt.
-  At 0.3 they differ by ~50% (swap: ~40%).
+  At 0.3 they differ by ~50% (swap: ~40%). Its RoPE base is 100 (`ROPE_THETA`) instead of Qwen2's 1e6: a 16-wide
+  head has 8 rotary frequencies, and at 1e6 only 2 of them turn by more than a radian over ten tokens (a caption's
+  length), so a query can hardly tell the colour next to a shape from the one four tokens away; at 100, 5 of 8 do.
+  Swapping which colour goes with which shape ("a blue square and a green triangle" / "a blue triangle and a green
+  square") then moves the states at untrained queries by 58% on average instead of 32% (tests/test_shapes.py), and
+  the trained model binds the colours as written (docs/benchmarks.md).
 - DC-AE: f8 and lossless, built rather than trained (`pixel_autoencoder`): a latent is the 8 x 8 pixel patch it
   covers (8 x 8 latents of 256 channels per 64 px image), centred, its colours mapped so that the grey axis (the
   silhouette, since the palette is equally dark) outweighs the chroma axes 3 to 1 (`colour_transform`), and scaled
@@ -36,8 +41,9 @@ from .tiny import SPECIAL_TOKENS, TINY_VISION, original_mllm_config
 from .variants import SANA_SCHEDULER_CONFIG
 
 LLM_INIT_STD = 0.3
+ROPE_THETA = 100.0  # see the module's docstring
 SHAPES_LLM = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=128)
+                  intermediate_size=128, rope_theta=ROPE_THETA)
 SHAPES_TRANSFORMER = dict(
     in_channels=256, out_channels=256, num_attention_heads=8, attention_head_dim=32, num_layers=4,
     num_cross_attention_heads=8, cross_attention_head_dim=32, cross_attention_dim=256, caption_channels=128,

@@ -245,7 +245,7 @@ PRESETS.update({f"{stage}-edit-{name.removeprefix('openuni-')}": _edit_preset(na
 # `connector` replaces. Sized to train in about 20-25 minutes on a 2-core CPU (both cores). Training sigmas shifted
 # by 3 (SANA's sampling shift): the prompt decides the image at high noise (held-out 0.742 against 0.155 with the
 # reference's uniform sigmas and the old palette; a shift of 6 gave 0.700). The data gives position 3/8 of the images
-# (`data.shapes.TRAINING_MIX`); its figures over two training seeds are in docs/benchmarks.md.
+# (`data.shapes.TRAINING_MIX`); its figures over four training seeds are in docs/benchmarks.md.
 PRESETS["shapes-tiny"] = dict(
     variant="openuni-b-512", mllm="shapes/model/mllm", transformer="shapes/model/transformer",
     vae="shapes/model/vae", scheduler="shapes/model/scheduler", init_checkpoint="none",
