@@ -10,7 +10,7 @@
   head has 8 rotary frequencies, and at 1e6 only 2 of them turn by more than a radian over ten tokens (a caption's
   length), so a query can hardly tell the colour next to a shape from the one four tokens away; at 100, 5 of 8 do.
   Swapping which colour goes with which shape ("a blue square and a green triangle" / "a blue triangle and a green
-  square") then moves the states at untrained queries by 58% on average instead of 32% (tests/test_shapes.py), and
+  square") then moves the states at untrained queries by 59% on average instead of 30% (tests/test_shapes.py), and
   the trained model binds the colours as written (docs/benchmarks.md).
 - DC-AE: f8 and lossless, built rather than trained (`pixel_autoencoder`): a latent is the 8 x 8 pixel patch it
   covers (8 x 8 latents of 256 channels per 64 px image), centred, its colours mapped so that the grey axis (the
