@@ -17,7 +17,7 @@ the baseline, and the scorer is checked on the rendered ground truth (must be ~1
 The report (`REPORT.md`) has the per-task table and a sample grid (`grid.png`: each held-out prompt beside its
 images).
 
-    python benchmarks/shapes.py                 # full run on a 2-core CPU (all its cores): ~18 min to 45 min by CPU
+    python benchmarks/shapes.py                 # full run on a 2-core CPU (all its cores): ~26 min (Intel Xeon)
     python benchmarks/shapes.py --smoke         # ~2 min: tiny data, 20 training steps, 4 sampling steps (CI's test)
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 # sample_steps: the denoising steps of generation; the full run keeps the protocol's 20, the smoke run (which checks
 # the scorer and the plumbing, not the images) takes 4.
-FULL = dict(train_size=6000, heldout_per_task=20, max_steps=4000, batch_size=16, sample_steps=20)
+FULL = dict(train_size=6000, heldout_per_task=20, max_steps=6000, batch_size=16, sample_steps=20)
 SMOKE = dict(train_size=240, heldout_per_task=2, max_steps=20, batch_size=8, sample_steps=4)
 SEEN_LIMIT = ["--limit", "10"]  # prompts per task of training pairs: a diagnostic, half the held-out count
 
