@@ -7,8 +7,8 @@
   prompt's words and their order. With the usual 0.02 they differ between prompts by ~1% (and by 0.02% between "a
   yellow square left of a purple circle" and its swap: a bag of words); a model trained on that ignored the prompt.
   At 0.3 they differ by ~50% (swap: ~40%). Its RoPE base is 100 (`ROPE_THETA`) instead of Qwen2's 1e6: a 16-wide
-  head has 8 rotary frequencies, and at 1e6 only 2 of them turn by more than a radian over ten tokens (a caption's
-  length), so a query can hardly tell the colour next to a shape from the one four tokens away; at 100, 5 of 8 do.
+  head has 8 rotary frequencies, and at 1e6 only 2 of them turn by a radian or more over ten tokens (a caption's
+  length), so a query can hardly tell a colour one token before a shape from one five tokens before it; at 100, 5 do.
   Swapping which colour goes with which shape ("a blue square and a green triangle" / "a blue triangle and a green
   square") then moves the states at untrained queries by 59% on average instead of 30% (tests/test_shapes.py), and
   the trained model binds the colours as written (docs/benchmarks.md).
