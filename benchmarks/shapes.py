@@ -17,7 +17,7 @@ the baseline, and the scorer is checked on the rendered ground truth (must be ~1
 The report (`REPORT.md`) has the per-task table and a sample grid (`grid.png`: each held-out prompt beside its
 images).
 
-    python benchmarks/shapes.py                 # full run on a 2-core CPU (all its cores): ~26 min (Intel Xeon)
+    python benchmarks/shapes.py                 # full run on a 2-core CPU (all its cores): 24 min (Intel Xeon)
     python benchmarks/shapes.py --smoke         # ~2 min: tiny data, 20 training steps, 4 sampling steps (CI's test)
 """
 
