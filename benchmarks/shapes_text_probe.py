@@ -22,8 +22,7 @@ from torch import nn
 
 from openuni.connector import OpenUniConnector
 from openuni.data.shapes import NUMBERS, PALETTE, RELATIONS, SHAPES, held_out_prompts, training_samples
-from openuni.prompting import generation_prompt
-from openuni.shapes_model import SHAPES_TRANSFORMER, build_shapes_mllm, build_shapes_tokenizer
+from openuni.shapes_model import SHAPES_TRANSFORMER, query_states, shapes_text_path
 from openuni.training.config import PRESETS
 
 ATTRIBUTES = ("colour 1", "shape 1", "colour 2", "shape 2", "relation", "count")
@@ -44,13 +43,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from transformers import InternVLForConditionalGeneration
-
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = build_shapes_tokenizer(Path(folder))
-        build_shapes_mllm(Path(folder), tokenizer, seed=0)
-        language_model = InternVLForConditionalGeneration.from_pretrained(folder).model.language_model.eval()
-    language_model.requires_grad_(False)
+        tokenizer, language_model = shapes_text_path(Path(folder), seed=0)
     torch.manual_seed(0)
     geometry = PRESETS["shapes-tiny"]["connector"]
     connector = OpenUniConnector(**geometry, caption_channels=CAPTION_CHANNELS)
@@ -58,10 +52,7 @@ def main() -> None:
     heads = nn.ModuleList(nn.Linear(CAPTION_CHANNELS * geometry["num_queries"], size) for size in sizes)
 
     def features(records: list[dict]) -> torch.Tensor:
-        tokens = tokenizer([generation_prompt(r["prompt"]) for r in records], add_special_tokens=False,
-                           padding="longest", return_tensors="pt")
-        embeds = language_model.get_input_embeddings()(tokens.input_ids)
-        return connector(connector.query_hidden_states(language_model, embeds, tokens.attention_mask)).flatten(1)
+        return connector(query_states(tokenizer, language_model, connector, [r["prompt"] for r in records])).flatten(1)
 
     train = [record for record, _ in training_samples(3000, seed=0)]
     optimizer = torch.optim.AdamW([*connector.parameters(), *heads.parameters()], lr=1e-3)

@@ -208,16 +208,12 @@ def test_the_frozen_text_path_tells_which_colour_goes_with_which_shape(tmp_path)
     three swaps: 0.59 at base 100; at Qwen2's 1e6 it was 0.30, and the trained model drew the colours as the training
     pairs went (docs/benchmarks.md)."""
     import torch
-    from transformers import InternVLForConditionalGeneration
 
     from openuni.connector import OpenUniConnector
-    from openuni.prompting import generation_prompt
-    from openuni.shapes_model import SHAPES_TRANSFORMER, build_shapes_mllm, build_shapes_tokenizer
+    from openuni.shapes_model import SHAPES_TRANSFORMER, query_states, shapes_text_path
     from openuni.training.config import PRESETS
 
-    tokenizer = build_shapes_tokenizer(tmp_path)
-    build_shapes_mllm(tmp_path, tokenizer, seed=0)
-    language_model = InternVLForConditionalGeneration.from_pretrained(tmp_path).model.language_model.eval()
+    tokenizer, language_model = shapes_text_path(tmp_path, seed=0)
     swaps = [("a blue square and a green triangle", "a blue triangle and a green square"),
              ("a red circle to the left of a yellow square", "a red square to the left of a yellow circle"),
              ("a red circle to the left of a yellow square", "a yellow square to the left of a red circle")]
@@ -227,10 +223,7 @@ def test_the_frozen_text_path_tells_which_colour_goes_with_which_shape(tmp_path)
         connector = OpenUniConnector(**PRESETS["shapes-tiny"]["connector"],
                                      caption_channels=SHAPES_TRANSFORMER["caption_channels"])
         for first, second in swaps:
-            tokens = tokenizer([generation_prompt(first), generation_prompt(second)], add_special_tokens=False,
-                               padding="longest", return_tensors="pt")
             with torch.no_grad():
-                embeds = language_model.get_input_embeddings()(tokens.input_ids)
-                states = connector.query_hidden_states(language_model, embeds, tokens.attention_mask)
+                states = query_states(tokenizer, language_model, connector, [first, second])
             moved.append(float((states[0] - states[1]).norm() / states[0].norm()))
     assert sum(moved) / len(moved) > 0.45, moved

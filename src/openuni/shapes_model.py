@@ -36,7 +36,7 @@ from transformers import InternVLForConditionalGeneration, Qwen2TokenizerFast
 
 from .data.shapes import caption_vocabulary, draw, training_samples
 from .internvl import config_from_original
-from .prompting import GENERATION, IMG_CONTEXT, INSTRUCTION, UNCONDITIONAL
+from .prompting import GENERATION, IMG_CONTEXT, INSTRUCTION, UNCONDITIONAL, generation_prompt
 from .tiny import SPECIAL_TOKENS, TINY_VISION, original_mllm_config
 from .variants import SANA_SCHEDULER_CONFIG
 
@@ -106,6 +106,23 @@ def build_shapes_mllm(path: Path, tokenizer, seed: int) -> None:
                 module.weight.normal_(0.0, LLM_INIT_STD)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def shapes_text_path(folder: Path, seed: int = 0) -> tuple[Qwen2TokenizerFast, torch.nn.Module]:
+    """The shapes tokenizer and frozen LLM, written to `folder` by `build_shapes_mllm` and read back from it."""
+    tokenizer = build_shapes_tokenizer(folder)
+    build_shapes_mllm(folder, tokenizer, seed)
+    language_model = InternVLForConditionalGeneration.from_pretrained(folder).model.language_model.eval()
+    return tokenizer, language_model.requires_grad_(False)
+
+
+def query_states(tokenizer, language_model, connector, captions: list[str]) -> torch.Tensor:
+    """The frozen LLM's states at `connector`'s learned queries for captions in the generation template:
+    [captions, num_queries, hidden]."""
+    tokens = tokenizer([generation_prompt(text) for text in captions], add_special_tokens=False, padding="longest",
+                       return_tensors="pt")
+    embeds = language_model.get_input_embeddings()(tokens.input_ids)
+    return connector.query_hidden_states(language_model, embeds, tokens.attention_mask)
 
 
 def shapes_pixels(count: int, seed: int) -> torch.Tensor:
